@@ -1,0 +1,43 @@
+# Two commands do all the set-up: `make run` (the main job) and `make test` (the suite).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test unit integration e2e lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv/ and install the project (editable) with its test tools
+
+run: install  ## the main job: the plan of the notice's 08:36 example
+	$(BIN)/retry-pipeline plan --detected-at 2026-11-27T08:36:00+09:00
+
+test: install  ## the whole suite (unit, integration, e2e)
+	$(BIN)/python -m pytest
+
+unit: install
+	$(BIN)/python -m pytest tests/unit
+
+integration: install
+	$(BIN)/python -m pytest tests/integration
+
+e2e: install
+	$(BIN)/python -m pytest tests/e2e
+
+lint: install  ## ruff (lint + format check) and mypy strict on the package
+	$(BIN)/ruff check retry_pipeline tests alembic celeryconfig.py
+	$(BIN)/ruff format --check retry_pipeline tests alembic celeryconfig.py
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format retry_pipeline tests alembic celeryconfig.py
+	$(BIN)/ruff check --fix retry_pipeline tests alembic celeryconfig.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.sqlite3*

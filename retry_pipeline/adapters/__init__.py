@@ -1,0 +1,1 @@
+"""Adapters: the SQL retry table, the Kei-MOTAS certificate registry, the examination gateway."""

@@ -1,0 +1,155 @@
+"""Kei-MOTAS certificate registry over SQL tables (DESIGN 6); rules from ``rules.py``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from retry_pipeline.adapters.db import make_sessions
+from retry_pipeline.adapters.orm import CompletionRow, InsuranceRow, SafetyRow
+from retry_pipeline.config import Settings
+from retry_pipeline.model import (
+    Application,
+    Certificate,
+    CertificateKind,
+    CompletionCertificate,
+    InsuranceCertificate,
+    Procedure,
+    SafetyCertificate,
+)
+from retry_pipeline.rules import CertificateSet, insurance_key, judge_presence, valid_safety
+
+
+class SqlCertificateRegistry:
+    """Answers "which certificates are present as of T" from the Kei-MOTAS tables."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self._sessions = make_sessions(engine)
+        self.settings = settings
+
+    def present(
+        self, subject: Application, kinds: frozenset[CertificateKind], as_of: datetime
+    ) -> frozenset[CertificateKind]:
+        """R1/R2: which of ``kinds`` are present for ``subject`` at ``as_of``."""
+        with self._sessions() as session:
+            return self.present_in(session, subject, kinds, as_of)
+
+    def present_in(
+        self,
+        session: Session,
+        subject: Application,
+        kinds: frozenset[CertificateKind],
+        as_of: datetime,
+    ) -> frozenset[CertificateKind]:
+        """As ``present``, inside the caller's transaction."""
+        certs = self._load(session, subject, kinds, as_of)
+        return judge_presence(subject, kinds, as_of, certs, self.settings)
+
+    def _load(
+        self,
+        session: Session,
+        subject: Application,
+        kinds: frozenset[CertificateKind],
+        as_of: datetime,
+    ) -> CertificateSet:
+        safety: tuple[SafetyCertificate, ...] = ()
+        completion: tuple[CompletionCertificate, ...] = ()
+        insurance: tuple[InsuranceCertificate, ...] = ()
+        continuous = subject.procedure is Procedure.CONTINUOUS
+        # The insurance key of a continuous inspection is on its safety certificate.
+        if CertificateKind.SAFETY in kinds or (continuous and CertificateKind.INSURANCE in kinds):
+            rows = session.scalars(
+                select(SafetyRow).where(
+                    SafetyRow.vehicle == subject.vehicle, SafetyRow.available_at <= as_of
+                )
+            )
+            safety = tuple(_safety(r) for r in rows)
+        if CertificateKind.COMPLETION in kinds:
+            rows_c = session.scalars(
+                select(CompletionRow).where(
+                    CompletionRow.vehicle == subject.vehicle, CompletionRow.available_at <= as_of
+                )
+            )
+            completion = tuple(_completion(r) for r in rows_c)
+        if CertificateKind.INSURANCE in kinds:
+            chosen = valid_safety(safety, subject.application, as_of, self.settings)
+            key = insurance_key(subject, chosen)
+            if key is not None:
+                rows_i = session.scalars(
+                    select(InsuranceRow).where(
+                        InsuranceRow.insurer_id == key[0],
+                        InsuranceRow.insurance_no == key[1],
+                        InsuranceRow.available_at <= as_of,
+                    )
+                )
+                insurance = tuple(_insurance(r) for r in rows_i)
+        return CertificateSet(safety=safety, insurance=insurance, completion=completion)
+
+
+def _safety(r: SafetyRow) -> SafetyCertificate:
+    return SafetyCertificate(
+        id=r.id,
+        vehicle=r.vehicle,
+        inspected_on=r.inspected_on,
+        insurer_id=r.insurer_id,
+        insurance_no=r.insurance_no,
+        available_at=r.available_at,
+        used_by=r.used_by,
+        deleted_at=r.deleted_at,
+    )
+
+
+def _completion(r: CompletionRow) -> CompletionCertificate:
+    return CompletionCertificate(
+        id=r.id,
+        vehicle=r.vehicle,
+        issued_on=r.issued_on,
+        available_at=r.available_at,
+        used_by=r.used_by,
+        deleted_at=r.deleted_at,
+    )
+
+
+def _insurance(r: InsuranceRow) -> InsuranceCertificate:
+    return InsuranceCertificate(
+        id=r.id,
+        insurer_id=r.insurer_id,
+        insurance_no=r.insurance_no,
+        vehicle=r.vehicle,
+        available_at=r.available_at,
+        deleted_at=r.deleted_at,
+    )
+
+
+def to_row(cert: Certificate) -> SafetyRow | InsuranceRow | CompletionRow:
+    """The Kei-MOTAS row for a certificate (the linkage simulator writes these)."""
+    if isinstance(cert, SafetyCertificate):
+        return SafetyRow(
+            id=cert.id,
+            vehicle=cert.vehicle,
+            inspected_on=cert.inspected_on,
+            insurer_id=cert.insurer_id,
+            insurance_no=cert.insurance_no,
+            used_by=cert.used_by,
+            deleted_at=cert.deleted_at,
+            available_at=cert.available_at,
+        )
+    if isinstance(cert, InsuranceCertificate):
+        return InsuranceRow(
+            id=cert.id,
+            insurer_id=cert.insurer_id,
+            insurance_no=cert.insurance_no,
+            vehicle=cert.vehicle,
+            deleted_at=cert.deleted_at,
+            available_at=cert.available_at,
+        )
+    return CompletionRow(
+        id=cert.id,
+        vehicle=cert.vehicle,
+        issued_on=cert.issued_on,
+        used_by=cert.used_by,
+        deleted_at=cert.deleted_at,
+        available_at=cert.available_at,
+    )

@@ -1,0 +1,482 @@
+"""The retry table's store (R4, R5): every change of a chain in one SQL transaction.
+
+``RetryStore.unit()`` opens a unit of work; its ``StoreUnit`` methods read and
+write chains, history and outbox inside that one transaction, which commits when
+the block ends and rolls back entirely when it raises (DESIGN 1, 3, 5).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from retry_pipeline.adapters.db import make_engine, make_sessions
+from retry_pipeline.adapters.orm import ChainRow, CloseSignalRow, HistoryRow, OutboxRow
+from retry_pipeline.calendar import to_local
+from retry_pipeline.errors import StoreError
+from retry_pipeline.model import (
+    Application,
+    CertificateKind,
+    Chain,
+    HistoryEntry,
+    Outcome,
+    Procedure,
+    Report,
+    sorted_kinds,
+)
+from retry_pipeline.policy import Cursor, Phase
+
+
+class Event:
+    """History event names (R5)."""
+
+    REPORTED = "reported"
+    MERGED = "merged"
+    ATTEMPT = "attempt"
+    PARKED = "parked"
+    RESUMED = Outcome.RESUMED.value
+    AUTO_CORRECTED = Outcome.AUTO_CORRECTED.value
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Result of recording a report: the chain, and whether this report created it."""
+
+    chain: Chain
+    created: bool
+    added: frozenset[CertificateKind]  # R4: certificates a merge added to the record
+
+
+@dataclass(frozen=True)
+class PendingOutcome:
+    """An outbox row the relay has to deliver."""
+
+    id: int
+    chain_id: str
+    idempotency_key: str
+    application: str
+    office: str
+    outcome: Outcome
+    missing: tuple[str, ...]
+    decided_at: datetime
+    send_count: int
+
+
+def _kinds(values: Iterable[str]) -> frozenset[CertificateKind]:
+    return frozenset(CertificateKind(v) for v in values)
+
+
+def to_chain(row: ChainRow) -> Chain:
+    """The core's view of a retry-table row."""
+    subject = Application(
+        application=row.application,
+        office=row.office,
+        procedure=Procedure(row.procedure),
+        vehicle=row.vehicle,
+        insurer_id=row.insurer_id,
+        insurance_no=row.insurance_no,
+    )
+    return Chain(
+        chain_id=row.chain_id,
+        subject=subject,
+        missing=_kinds(row.missing),
+        found=_kinds(row.found),
+        confirmed=_kinds(row.confirmed),
+        detected_at=row.detected_at,
+        attempts_made=row.attempts_made,
+        cursor=Cursor(Phase(row.phase), row.phase_used, to_local(row.next_slot)),
+        version=row.version,
+    )
+
+
+def idempotency_key(chain_id: str, outcome: Outcome) -> str:
+    """The key every delivery of a chain's outcome carries (DESIGN 5)."""
+    return f"{chain_id}:{outcome.value}"
+
+
+class StoreUnit:
+    """One transaction over the retry table, its history and outbox."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # -- reading -----------------------------------------------------------------
+    def get_chain(self, chain_id: str, *, lock: bool = False) -> Chain | None:
+        """The live chain ``chain_id``; ``lock`` holds its row until commit (PostgreSQL)."""
+        stmt = select(ChainRow).where(ChainRow.chain_id == chain_id)
+        row = self.session.scalars(stmt.with_for_update() if lock else stmt).first()
+        return None if row is None else to_chain(row)
+
+    def find_chain(self, application: str, *, lock: bool = False) -> Chain | None:
+        """The live chain of ``application``, if any (R4: at most one)."""
+        stmt = select(ChainRow).where(ChainRow.application == application)
+        row = self.session.scalars(stmt.with_for_update() if lock else stmt).first()
+        return None if row is None else to_chain(row)
+
+    def chains_of_office(self, office: str, application: str | None = None) -> list[Chain]:
+        """R15: the live chains of one office (optionally one application of it)."""
+        stmt = select(ChainRow).where(ChainRow.office == office)
+        if application is not None:
+            stmt = stmt.where(ChainRow.application == application)
+        return [to_chain(r) for r in self.session.scalars(stmt.order_by(ChainRow.detected_at))]
+
+    def due_chains(self, now: datetime, limit: int = 1000) -> list[Chain]:
+        """Chains whose next attempt's slot is at or before ``now``, oldest first."""
+        stmt = (
+            select(ChainRow)
+            .where(ChainRow.next_slot <= now)
+            .order_by(ChainRow.next_slot, ChainRow.chain_id)
+            .limit(limit)
+        )
+        return [to_chain(r) for r in self.session.scalars(stmt)]
+
+    def live_chains(self) -> list[Chain]:
+        """Every live chain (R10 parks them all at the close)."""
+        return [to_chain(r) for r in self.session.scalars(select(ChainRow))]
+
+    def count_live(self) -> int:
+        """How many chains are live."""
+        return int(self.session.scalar(select(func.count()).select_from(ChainRow)) or 0)
+
+    def history(
+        self, *, application: str | None = None, office: str | None = None
+    ) -> list[HistoryEntry]:
+        """The append-only history (R5), oldest first."""
+        stmt = select(HistoryRow)
+        if application is not None:
+            stmt = stmt.where(HistoryRow.application == application)
+        if office is not None:
+            stmt = stmt.where(HistoryRow.office == office)
+        return [
+            HistoryEntry(
+                chain_id=r.chain_id,
+                application=r.application,
+                event=r.event,
+                attempt_no=r.attempt_no,
+                slot=r.slot,
+                missing=tuple(r.missing),
+                detail=r.detail,
+                recorded_at=r.recorded_at,
+            )
+            for r in self.session.scalars(stmt.order_by(HistoryRow.id))
+        ]
+
+    # -- writing -----------------------------------------------------------------
+    def record_report(self, report: Report, cursor: Cursor, now: datetime) -> Recorded:
+        """R4: insert the application's record, or merge into its live one."""
+        existing = self.find_chain(report.subject.application, lock=True)
+        if existing is None:
+            try:
+                with self.session.begin_nested():
+                    return self._insert(report, cursor, now)
+            except IntegrityError:
+                # A concurrent report inserted it first: merge into that one.
+                existing = self.find_chain(report.subject.application, lock=True)
+                if existing is None:
+                    raise
+        return self._merge(existing, report, now)
+
+    def _insert(self, report: Report, cursor: Cursor, now: datetime) -> Recorded:
+        s = report.subject
+        row = ChainRow(
+            chain_id=uuid.uuid4().hex,
+            application=s.application,
+            office=s.office,
+            procedure=s.procedure.value,
+            vehicle=s.vehicle,
+            insurer_id=s.insurer_id,
+            insurance_no=s.insurance_no,
+            missing=sorted_kinds(report.missing),
+            found=[],
+            confirmed=sorted_kinds(report.confirmed),
+            detected_at=report.detected_at,
+            attempts_made=0,
+            phase=cursor.phase.value,
+            phase_used=cursor.used,
+            next_slot=cursor.slot,
+            dispatched_for=None,
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        self.session.add(row)
+        self.session.flush()
+        chain = to_chain(row)
+        detail = "parked (R12)" if cursor.parked else f"phase {cursor.phase.value}"
+        self._log(chain, Event.REPORTED, None, cursor.slot, report.missing, detail, now)
+        return Recorded(chain, True, report.missing)
+
+    def _merge(self, chain: Chain, report: Report, now: datetime) -> Recorded:
+        added = report.missing - chain.missing
+        missing = chain.missing | report.missing
+        confirmed = chain.confirmed | report.confirmed
+        self._update(
+            chain,
+            now,
+            missing=sorted_kinds(missing),
+            confirmed=sorted_kinds(confirmed),
+        )
+        merged = self.get_chain(chain.chain_id)
+        assert merged is not None
+        detail = "added " + (", ".join(sorted_kinds(added)) or "nothing")
+        self._log(merged, Event.MERGED, None, None, report.missing, detail, now)
+        return Recorded(merged, False, added)
+
+    def claim_attempt(
+        self, chain_id: str, attempt_no: int, slot: datetime, now: datetime
+    ) -> Chain | None:
+        """Claim attempt ``attempt_no`` at ``slot`` only if it is the one the chain expects.
+
+        A conditional update: a duplicate, stale or late message matches no row and
+        gets None. The claim is undone with the transaction if the attempt fails.
+        """
+        result = self.session.execute(
+            update(ChainRow)
+            .where(
+                ChainRow.chain_id == chain_id,
+                ChainRow.attempts_made == attempt_no - 1,
+                ChainRow.next_slot == slot,
+            )
+            .values(attempts_made=attempt_no, version=ChainRow.version + 1, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        return self.get_chain(chain_id, lock=True)
+
+    def advance(
+        self,
+        chain: Chain,
+        cursor: Cursor,
+        *,
+        missing: frozenset[CertificateKind],
+        found: frozenset[CertificateKind],
+        slot: datetime,
+        now: datetime,
+    ) -> Chain:
+        """After attempt ``chain.attempts_made`` at ``slot``: record it and set the next one."""
+        self._update(
+            chain,
+            now,
+            missing=sorted_kinds(missing),
+            found=sorted_kinds(found),
+            phase=cursor.phase.value,
+            phase_used=cursor.used,
+            next_slot=cursor.slot,
+        )
+        nxt = self.get_chain(chain.chain_id)
+        assert nxt is not None
+        detail = f"still missing; next {cursor.slot.isoformat()}"
+        if cursor.parked and not chain.cursor.parked:
+            detail += " (parked, R10)"
+        self._log(nxt, Event.ATTEMPT, chain.attempts_made, slot, missing, detail, now)
+        return nxt
+
+    def reschedule(self, chain: Chain, cursor: Cursor, now: datetime, detail: str) -> Chain:
+        """Move the next attempt (a close parks the chain, R10); logged as ``parked``."""
+        self._update(
+            chain,
+            now,
+            phase=cursor.phase.value,
+            phase_used=cursor.used,
+            next_slot=cursor.slot,
+        )
+        moved = self.get_chain(chain.chain_id)
+        assert moved is not None
+        self._log(moved, Event.PARKED, None, cursor.slot, chain.missing, detail, now)
+        return moved
+
+    def mark_dispatched(self, chain_id: str, slot: datetime) -> bool:
+        """Note that the attempt message for ``slot`` was sent; False if the chain moved on."""
+        result = self.session.execute(
+            update(ChainRow)
+            .where(ChainRow.chain_id == chain_id, ChainRow.next_slot == slot)
+            .values(dispatched_for=slot)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+    def end_chain(
+        self,
+        chain: Chain,
+        outcome: Outcome,
+        *,
+        missing: frozenset[CertificateKind],
+        decided_at: datetime,
+        now: datetime,
+        detail: str = "",
+    ) -> PendingOutcome:
+        """R5/R8: delete the record, write history and the outcome, all in this transaction."""
+        result = self.session.execute(
+            delete(ChainRow)
+            .where(ChainRow.chain_id == chain.chain_id, ChainRow.version == chain.version)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise StoreError(f"chain {chain.chain_id} already ended or changed meanwhile")
+        event = Event.RESUMED if outcome is Outcome.RESUMED else Event.AUTO_CORRECTED
+        self._log(chain, event, chain.attempts_made or None, decided_at, missing, detail, now)
+        return self.add_outcome(
+            chain.chain_id, chain.subject, outcome, missing=missing, decided_at=decided_at, now=now
+        )
+
+    def add_outcome(
+        self,
+        chain_id: str,
+        subject: Application,
+        outcome: Outcome,
+        *,
+        missing: frozenset[CertificateKind],
+        decided_at: datetime,
+        now: datetime,
+    ) -> PendingOutcome:
+        """Write one outcome to the outbox; a second one for the chain fails (one ending)."""
+        row = OutboxRow(
+            chain_id=chain_id,
+            idempotency_key=idempotency_key(chain_id, outcome),
+            application=subject.application,
+            office=subject.office,
+            outcome=outcome.value,
+            missing=sorted_kinds(missing),
+            decided_at=decided_at,
+            created_at=now,
+            sent_at=None,
+            send_count=0,
+        )
+        self.session.add(row)
+        self.session.flush()
+        return _pending(row)
+
+    def log_immediate(
+        self,
+        chain_id: str,
+        subject: Application,
+        event: str,
+        missing: frozenset[CertificateKind],
+        detected_at: datetime,
+        detail: str,
+        now: datetime,
+    ) -> None:
+        """History of a report decided at once (no live record was ever kept)."""
+        self.session.add(
+            HistoryRow(
+                chain_id=chain_id,
+                application=subject.application,
+                office=subject.office,
+                event=event,
+                attempt_no=None,
+                slot=detected_at,
+                missing=sorted_kinds(missing),
+                detail=detail[:500],
+                recorded_at=now,
+            )
+        )
+
+    # -- outbox ------------------------------------------------------------------
+    def pending_outcomes(self, limit: int = 100) -> list[PendingOutcome]:
+        """Outcomes not yet delivered, oldest first."""
+        stmt = select(OutboxRow).where(OutboxRow.sent_at.is_(None)).order_by(OutboxRow.id)
+        return [_pending(r) for r in self.session.scalars(stmt.limit(limit))]
+
+    def mark_sent(self, outbox_id: int, now: datetime) -> None:
+        """The relay handed the outcome to the broker."""
+        self.session.execute(
+            update(OutboxRow)
+            .where(OutboxRow.id == outbox_id)
+            .values(sent_at=now, send_count=OutboxRow.send_count + 1)
+        )
+
+    # -- close signals -----------------------------------------------------------
+    def add_close_signal(self, at: datetime, now: datetime) -> None:
+        """R10: an explicit OSS close for the Japan-time day of ``at``."""
+        self.session.add(CloseSignalRow(day=to_local(at).date(), at=at, recorded_at=now))
+
+    def close_signals(self, first_day: date, last_day: date) -> list[datetime]:
+        """Close signals of the days ``first_day``..``last_day`` (inclusive)."""
+        stmt = select(CloseSignalRow.at).where(
+            CloseSignalRow.day >= first_day, CloseSignalRow.day <= last_day
+        )
+        return list(self.session.scalars(stmt.order_by(CloseSignalRow.at)))
+
+    # -- internals ---------------------------------------------------------------
+    def _update(self, chain: Chain, now: datetime, **values: object) -> None:
+        result = self.session.execute(
+            update(ChainRow)
+            .where(ChainRow.chain_id == chain.chain_id, ChainRow.version == chain.version)
+            .values(version=ChainRow.version + 1, updated_at=now, **values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise StoreError(f"chain {chain.chain_id} changed meanwhile (version {chain.version})")
+
+    def _log(
+        self,
+        chain: Chain,
+        event: str,
+        attempt_no: int | None,
+        slot: datetime | None,
+        missing: frozenset[CertificateKind],
+        detail: str,
+        now: datetime,
+    ) -> None:
+        self.session.add(
+            HistoryRow(
+                chain_id=chain.chain_id,
+                application=chain.subject.application,
+                office=chain.subject.office,
+                event=event,
+                attempt_no=attempt_no,
+                slot=slot,
+                missing=sorted_kinds(missing),
+                detail=detail[:500],
+                recorded_at=now,
+            )
+        )
+
+
+def _pending(row: OutboxRow) -> PendingOutcome:
+    return PendingOutcome(
+        id=row.id,
+        chain_id=row.chain_id,
+        idempotency_key=row.idempotency_key,
+        application=row.application,
+        office=row.office,
+        outcome=Outcome(row.outcome),
+        missing=tuple(row.missing),
+        decided_at=row.decided_at,
+        send_count=row.send_count,
+    )
+
+
+class RetryStore:
+    """Opens units of work over one database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = make_sessions(engine)
+
+    @classmethod
+    def from_url(cls, url: str) -> RetryStore:
+        """A store over the database at ``url``."""
+        return cls(make_engine(url))
+
+    @contextmanager
+    def unit(self) -> Iterator[StoreUnit]:
+        """One transaction: commit at the end of the block, roll back if it raises."""
+        with self._sessions() as session, session.begin():
+            yield StoreUnit(session)
+
+    def close_signals_around(self, instant: datetime, days: int = 14) -> Sequence[datetime]:
+        """Close signals from the day of ``instant`` on, enough for any plan."""
+        from datetime import timedelta
+
+        day = to_local(instant).date()
+        with self.unit() as u:
+            return u.close_signals(day - timedelta(days=1), day + timedelta(days=days))

@@ -1,0 +1,31 @@
+"""One exception tree for the whole package."""
+
+from __future__ import annotations
+
+
+class RetryPipelineError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(RetryPipelineError):
+    """A setting (environment variable) has a value the pipeline cannot use."""
+
+
+class InvalidInstant(RetryPipelineError):
+    """A time was given without a UTC offset, or could not be parsed."""
+
+
+class CalendarError(RetryPipelineError):
+    """No business day with review hours within the search horizon."""
+
+
+class InvalidReport(RetryPipelineError):
+    """A missing-certificate report breaks the message contract."""
+
+
+class NotARetryTarget(InvalidReport):
+    """R1: the (procedure, certificate) pair is not one this system retries."""
+
+
+class StoreError(RetryPipelineError):
+    """The retry table refused an operation (e.g. ending a chain twice)."""
