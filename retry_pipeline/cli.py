@@ -124,3 +124,135 @@ def upgrade(revision: str) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def _store() -> Any:
+    from retry_pipeline.adapters.store import RetryStore
+
+    return RetryStore.from_url(load_settings().database_url)
+
+
+@main.command()
+@click.argument("scenario_file", type=click.Path(dir_okay=False))
+@click.option(
+    "--time-scale",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(1, 10_000),
+    help="Simulated seconds per real second.",
+)
+@click.option("--broker-url", default=None, help="Redis URL (default: local, else a private one).")
+@click.option(
+    "--redis-db",
+    default=13,
+    show_default=True,
+    type=click.IntRange(0, 15),
+    help="Redis database of the simulation on a shared server (flushed).",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Keep the database and logs here.",
+)
+@click.option("--timeout", "timeout_s", default=900.0, show_default=True, type=float)
+def simulate(
+    scenario_file: str,
+    time_scale: float,
+    broker_url: str | None,
+    redis_db: int,
+    workdir: str | None,
+    timeout_s: float,
+) -> None:
+    """Run a scenario through the real worker, beat and Redis; print one JSON report."""
+    from pathlib import Path
+
+    from retry_pipeline.sim.harness import Options, SimulationError
+    from retry_pipeline.sim.harness import simulate as run_simulation
+    from retry_pipeline.sim.scenario import ScenarioError, load_scenario
+
+    try:
+        scenario = load_scenario(scenario_file)
+    except ScenarioError as exc:
+        raise click.UsageError(str(exc)) from None
+    options = Options(
+        time_scale=time_scale,
+        broker_url=broker_url,
+        redis_db=redis_db,
+        timeout_s=timeout_s,
+        workdir=Path(workdir) if workdir else None,
+    )
+    try:
+        report = run_simulation(scenario, options, lambda m: click.echo(m, err=True))
+    except SimulationError as exc:
+        click.echo(f"simulation failed: {exc}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(report, ensure_ascii=False, indent=2))
+
+
+@main.command()
+@click.option("--office", required=True, help="Office code (事務所): only its applications.")
+@click.option("--application", default=None, help="One application of that office.")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+def status(office: str, application: str | None, as_json: bool) -> None:
+    """R15: the applications of one office in retry, and their history."""
+    from retry_pipeline.views import office_view, render_office_view
+
+    store = _store()
+    view = office_view(store, BusinessCalendar(load_settings()), office, application)
+    if application is not None and not view["applications"] and not view["ended"]:
+        click.echo(f"application {application} has no retry record at office {office}", err=True)
+        sys.exit(1)
+    click.echo(
+        json.dumps(view, ensure_ascii=False, indent=2) if as_json else render_office_view(view)
+    )
+
+
+@main.command()
+@click.option(
+    "--at", "at", type=Instant(), default=None, help="When OSS closes today (default: now)."
+)
+def close(at: datetime | None) -> None:
+    """R10: an explicit OSS close signal; parks every live chain once it has come."""
+    from retry_pipeline.clock import clock_from
+    from retry_pipeline.service import park_closed
+
+    settings = load_settings()
+    store = _store()
+    clock = clock_from(settings.clock_file)
+    now = clock.now()
+    with store.unit() as u:
+        u.add_close_signal(at or now, now)
+    parked = park_closed(store, BusinessCalendar(settings), now)
+    when = format_instant(at or now)
+    click.echo(json.dumps({"close_at": when, "parked": parked}))
+
+
+@main.command(name="dead-letters")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True)
+def dead_letters(limit: int, as_json: bool) -> None:
+    """Refused messages, newest first, with the reason and the raw body."""
+    with _store().unit() as u:
+        letters = u.dead_letters(limit)
+    for d in letters:
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "id": d.id,
+                        "task": d.task,
+                        "reason": d.reason,
+                        "payload": d.payload,
+                        "received_at": format_instant(d.received_at),
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        else:
+            click.echo(
+                f"#{d.id} {format_instant(d.received_at)} {d.task}\n"
+                f"  reason:  {d.reason}\n  payload: {d.payload}"
+            )
+    if not letters and not as_json:
+        click.echo("no dead letters", err=True)

@@ -28,6 +28,12 @@ class Settings:
     completion_validity_months: int = 9  # R2
     database_url: str = "sqlite:///retry_pipeline.sqlite3"
     broker_url: str = "redis://127.0.0.1:6379/0"
+    queue: str = "retry_pipeline"  # where reports and attempts are consumed
+    examination_queue: str = "examination"  # where outcomes go (DESIGN 5)
+    resume_task: str = "examination.resume_pre_review"
+    auto_correct_task: str = "examination.auto_correct"
+    clock_file: str | None = None  # scaled clock shared by processes (simulate); unset = real
+    beat_max_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.step_min <= 0 or 24 * 60 % self.step_min:
@@ -45,21 +51,8 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``RETRY_PIPELINE_*`` variables; unknown ones are refused."""
         env = os.environ if environ is None else environ
-        known = {
-            "OPENING",
-            "CLOSE",
-            "STEP_MIN",
-            "ATTEMPTS_PER_CHAIN",
-            "NEXT_DAY_ATTEMPTS",
-            "EXTRA_CLOSURES",
-            "NEW_INSPECTION_RETRY_FROM",
-            "SAFETY_VALIDITY_DAYS",
-            "COMPLETION_VALIDITY_MONTHS",
-            "DATABASE_URL",
-            "BROKER_URL",
-        }
         ours = {k[len(PREFIX) :]: v for k, v in env.items() if k.startswith(PREFIX)}
-        extra = sorted(set(ours) - known - _EXTERNAL)
+        extra = sorted(set(ours) - _KNOWN)
         if extra:
             raise ConfigError(f"unknown setting(s): {', '.join(PREFIX + k for k in extra)}")
         kw: dict[str, object] = {}
@@ -67,13 +60,7 @@ class Settings:
             kw["opening"] = _parse_time("OPENING", ours["OPENING"])
         if "CLOSE" in ours:
             kw["close"] = _parse_time("CLOSE", ours["CLOSE"])
-        for name in (
-            "STEP_MIN",
-            "ATTEMPTS_PER_CHAIN",
-            "NEXT_DAY_ATTEMPTS",
-            "SAFETY_VALIDITY_DAYS",
-            "COMPLETION_VALIDITY_MONTHS",
-        ):
+        for name in _INTS:
             if name in ours:
                 kw[name.lower()] = _parse_int(name, ours[name])
         if ours.get("EXTRA_CLOSURES", "").strip():
@@ -86,32 +73,46 @@ class Settings:
             kw["new_inspection_retry_from"] = _parse_date(
                 "NEW_INSPECTION_RETRY_FROM", ours["NEW_INSPECTION_RETRY_FROM"]
             )
-        if ours.get("DATABASE_URL"):
-            kw["database_url"] = ours["DATABASE_URL"]
-        if ours.get("BROKER_URL"):
-            kw["broker_url"] = ours["BROKER_URL"]
+        for name in _TEXT:
+            if ours.get(name, "").strip():
+                kw[name.lower()] = ours[name].strip()
+        if ours.get("BEAT_MAX_INTERVAL_S", "").strip():
+            try:
+                kw["beat_max_interval_s"] = float(ours["BEAT_MAX_INTERVAL_S"])
+            except ValueError:
+                raise ConfigError(f"{PREFIX}BEAT_MAX_INTERVAL_S must be a number") from None
         return cls(**kw)  # type: ignore[arg-type]
 
 
-# Variables with our prefix that other modules read (Celery/Flower side), not rules.
-_EXTERNAL = frozenset(
-    {
-        "RESULT_BACKEND",
-        "QUEUE",
-        "EXAMINATION_QUEUE",
-        "RESUME_TASK",
-        "AUTO_CORRECT_TASK",
-        "LOG_LEVEL",
-        "TIME_SCALE_FILE",
-    }
+_INTS = (
+    "STEP_MIN",
+    "ATTEMPTS_PER_CHAIN",
+    "NEXT_DAY_ATTEMPTS",
+    "SAFETY_VALIDITY_DAYS",
+    "COMPLETION_VALIDITY_MONTHS",
 )
+_TEXT = (
+    "DATABASE_URL",
+    "BROKER_URL",
+    "QUEUE",
+    "EXAMINATION_QUEUE",
+    "RESUME_TASK",
+    "AUTO_CORRECT_TASK",
+    "CLOCK_FILE",
+)
+# Read by other modules (celeryconfig.py, docker-compose) but allowed here too.
+_OTHER = ("OPENING", "CLOSE", "EXTRA_CLOSURES", "NEW_INSPECTION_RETRY_FROM", "BEAT_MAX_INTERVAL_S")
+_KNOWN = frozenset({*_INTS, *_TEXT, *_OTHER})
 
 
 def _parse_time(name: str, raw: str) -> time:
     try:
-        return time.fromisoformat(raw.strip())
+        parsed = time.fromisoformat(raw.strip())
     except ValueError:
         raise ConfigError(f"{PREFIX}{name} must be HH:MM, got {raw!r}") from None
+    if parsed.tzinfo is not None:
+        raise ConfigError(f"{PREFIX}{name} is a Japan-time HH:MM without offset, got {raw!r}")
+    return parsed
 
 
 def _parse_int(name: str, raw: str) -> int:

@@ -116,6 +116,7 @@ class Chain:
     attempts_made: int
     cursor: Cursor
     version: int
+    dispatched_for: datetime | None = None  # slot whose attempt message was last sent
 
     @property
     def next_attempt_no(self) -> int:

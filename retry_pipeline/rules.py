@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import calendar as calendar_module
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-
-import pendulum
 
 from retry_pipeline.calendar import to_local
 from retry_pipeline.config import Settings
@@ -71,13 +70,17 @@ def safety_valid_through(inspected_on: date, settings: Settings) -> date:
 def completion_valid_through(issued_on: date, settings: Settings) -> date:
     """R2: last day a completion certificate is valid.
 
-    D: counted like the safety certificate, issue date as day 1, so 9 months from
-    2026-01-15 runs through 2026-10-14 (end-of-month dates clamp, as pendulum does).
+    D: counted like the safety certificate (issue date as day 1) and like the Civil
+    Code's months (art. 143): it ends the day before the same date N months later,
+    or on the last day of that month when it has no such date. 9 months from
+    2026-01-15 runs through 2026-10-14; from 2026-05-31 through 2027-02-28.
     """
-    end = pendulum.date(issued_on.year, issued_on.month, issued_on.day).add(
-        months=settings.completion_validity_months
-    )
-    return date(end.year, end.month, end.day) - timedelta(days=1)
+    months = issued_on.month - 1 + settings.completion_validity_months
+    year, month = issued_on.year + months // 12, months % 12 + 1
+    last_of_month = calendar_module.monthrange(year, month)[1]
+    if issued_on.day > last_of_month:
+        return date(year, month, last_of_month)
+    return date(year, month, issued_on.day) - timedelta(days=1)
 
 
 def is_usable(

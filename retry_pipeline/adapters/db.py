@@ -9,8 +9,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str, **kw: Any) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and write-locking transactions."""
+def make_engine(url: str, *, write_lock: bool = True, **kw: Any) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and write-locking transactions.
+
+    ``write_lock=False`` (SQLite only) begins transactions lazily: for read-only
+    engines that must not wait behind a writer.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         kw.setdefault("pool_pre_ping", True)
@@ -30,7 +34,7 @@ def make_engine(url: str, **kw: Any) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # IMMEDIATE takes the write lock up front: two workers never deadlock on upgrade.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write_lock else "BEGIN")
 
     return engine
 

@@ -8,7 +8,17 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Date, DateTime, Index, Integer, String, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -152,3 +162,15 @@ class CompletionRow(Base):
     used_by: Mapped[str | None] = mapped_column(String(64))
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     available_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DeadLetterRow(Base):
+    """A refused message, kept with its raw body for an operator (nothing is lost)."""
+
+    __tablename__ = "dead_letter"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(120))
+    reason: Mapped[str] = mapped_column(String(2000))
+    payload: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

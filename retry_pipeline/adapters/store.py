@@ -8,7 +8,7 @@ the block ends and rolls back entirely when it raises (DESIGN 1, 3, 5).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -18,7 +18,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from retry_pipeline.adapters.db import make_engine, make_sessions
-from retry_pipeline.adapters.orm import ChainRow, CloseSignalRow, HistoryRow, OutboxRow
+from retry_pipeline.adapters.orm import (
+    ChainRow,
+    CloseSignalRow,
+    DeadLetterRow,
+    HistoryRow,
+    OutboxRow,
+)
 from retry_pipeline.calendar import to_local
 from retry_pipeline.errors import StoreError
 from retry_pipeline.model import (
@@ -52,6 +58,17 @@ class Recorded:
     chain: Chain
     created: bool
     added: frozenset[CertificateKind]  # R4: certificates a merge added to the record
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A refused message (issue: bad input is refused, never lost)."""
+
+    id: int
+    task: str
+    reason: str
+    payload: str
+    received_at: datetime
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,7 @@ def to_chain(row: ChainRow) -> Chain:
         attempts_made=row.attempts_made,
         cursor=Cursor(Phase(row.phase), row.phase_used, to_local(row.next_slot)),
         version=row.version,
+        dispatched_for=row.dispatched_for,
     )
 
 
@@ -106,17 +124,20 @@ class StoreUnit:
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        self.on_commit: list[Callable[[], None]] = []
 
     # -- reading -----------------------------------------------------------------
     def get_chain(self, chain_id: str, *, lock: bool = False) -> Chain | None:
         """The live chain ``chain_id``; ``lock`` holds its row until commit (PostgreSQL)."""
         stmt = select(ChainRow).where(ChainRow.chain_id == chain_id)
+        stmt = stmt.execution_options(populate_existing=True)  # after our own UPDATEs
         row = self.session.scalars(stmt.with_for_update() if lock else stmt).first()
         return None if row is None else to_chain(row)
 
     def find_chain(self, application: str, *, lock: bool = False) -> Chain | None:
         """The live chain of ``application``, if any (R4: at most one)."""
         stmt = select(ChainRow).where(ChainRow.application == application)
+        stmt = stmt.execution_options(populate_existing=True)
         row = self.session.scalars(stmt.with_for_update() if lock else stmt).first()
         return None if row is None else to_chain(row)
 
@@ -137,6 +158,11 @@ class StoreUnit:
         )
         return [to_chain(r) for r in self.session.scalars(stmt)]
 
+    def chains_slotted_between(self, start: datetime, end: datetime) -> list[Chain]:
+        """Chains whose next slot lies in [start, end) (R10: what a close must park)."""
+        stmt = select(ChainRow).where(ChainRow.next_slot >= start, ChainRow.next_slot < end)
+        return [to_chain(r) for r in self.session.scalars(stmt.order_by(ChainRow.next_slot))]
+
     def live_chains(self) -> list[Chain]:
         """Every live chain (R10 parks them all at the close)."""
         return [to_chain(r) for r in self.session.scalars(select(ChainRow))]
@@ -144,6 +170,15 @@ class StoreUnit:
     def count_live(self) -> int:
         """How many chains are live."""
         return int(self.session.scalar(select(func.count()).select_from(ChainRow)) or 0)
+
+    def earliest_slot(self) -> datetime | None:
+        """The soonest next attempt of any live chain."""
+        return self.session.scalar(select(func.min(ChainRow.next_slot)))
+
+    def count_pending_outcomes(self) -> int:
+        """Outcomes the relay has not delivered yet."""
+        stmt = select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None))
+        return int(self.session.scalar(stmt) or 0)
 
     def history(
         self, *, application: str | None = None, office: str | None = None
@@ -230,20 +265,30 @@ class StoreUnit:
         return Recorded(merged, False, added)
 
     def claim_attempt(
-        self, chain_id: str, attempt_no: int, slot: datetime, now: datetime
+        self,
+        chain_id: str,
+        attempt_no: int,
+        slot: datetime,
+        now: datetime,
+        *,
+        version: int | None = None,
     ) -> Chain | None:
         """Claim attempt ``attempt_no`` at ``slot`` only if it is the one the chain expects.
 
         A conditional update: a duplicate, stale or late message matches no row and
         gets None. The claim is undone with the transaction if the attempt fails.
+        With ``version``, the chain must also be unchanged since it was read.
         """
+        conditions = [
+            ChainRow.chain_id == chain_id,
+            ChainRow.attempts_made == attempt_no - 1,
+            ChainRow.next_slot == slot,
+        ]
+        if version is not None:
+            conditions.append(ChainRow.version == version)
         result = self.session.execute(
             update(ChainRow)
-            .where(
-                ChainRow.chain_id == chain_id,
-                ChainRow.attempts_made == attempt_no - 1,
-                ChainRow.next_slot == slot,
-            )
+            .where(*conditions)
             .values(attempts_made=attempt_no, version=ChainRow.version + 1, updated_at=now)
             .execution_options(synchronize_session=False)
         )
@@ -312,8 +357,12 @@ class StoreUnit:
         decided_at: datetime,
         now: datetime,
         detail: str = "",
+        attempt_no: int | None = None,
     ) -> PendingOutcome:
-        """R5/R8: delete the record, write history and the outcome, all in this transaction."""
+        """R5/R8: delete the record, write history and the outcome, all in this transaction.
+
+        ``attempt_no`` names the attempt that decided it (None: decided by a report, R3).
+        """
         result = self.session.execute(
             delete(ChainRow)
             .where(ChainRow.chain_id == chain.chain_id, ChainRow.version == chain.version)
@@ -322,7 +371,7 @@ class StoreUnit:
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise StoreError(f"chain {chain.chain_id} already ended or changed meanwhile")
         event = Event.RESUMED if outcome is Outcome.RESUMED else Event.AUTO_CORRECTED
-        self._log(chain, event, chain.attempts_made or None, decided_at, missing, detail, now)
+        self._log(chain, event, attempt_no, decided_at, missing, detail, now)
         return self.add_outcome(
             chain.chain_id, chain.subject, outcome, missing=missing, decided_at=decided_at, now=now
         )
@@ -353,6 +402,29 @@ class StoreUnit:
         self.session.add(row)
         self.session.flush()
         return _pending(row)
+
+    def add_outcome_once(
+        self,
+        chain_id: str,
+        subject: Application,
+        outcome: Outcome,
+        *,
+        missing: frozenset[CertificateKind],
+        decided_at: datetime,
+        now: datetime,
+    ) -> PendingOutcome | None:
+        """As ``add_outcome``; None when the chain already has its outcome (a duplicate)."""
+        try:
+            with self.session.begin_nested():
+                return self.add_outcome(
+                    chain_id, subject, outcome, missing=missing, decided_at=decided_at, now=now
+                )
+        except IntegrityError:
+            return None
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once this unit has committed; never when it rolls back."""
+        self.on_commit.append(action)
 
     def log_immediate(
         self,
@@ -392,6 +464,22 @@ class StoreUnit:
             .where(OutboxRow.id == outbox_id)
             .values(sent_at=now, send_count=OutboxRow.send_count + 1)
         )
+
+    # -- dead letters ------------------------------------------------------------
+    def add_dead_letter(self, task: str, reason: str, payload: str, now: datetime) -> int:
+        """Keep a refused message with its raw body and the reason."""
+        row = DeadLetterRow(task=task, reason=reason[:2000], payload=payload, received_at=now)
+        self.session.add(row)
+        self.session.flush()
+        return row.id
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The newest refused messages first."""
+        stmt = select(DeadLetterRow).order_by(DeadLetterRow.id.desc()).limit(limit)
+        return [
+            DeadLetter(r.id, r.task, r.reason, r.payload, r.received_at)
+            for r in self.session.scalars(stmt)
+        ]
 
     # -- close signals -----------------------------------------------------------
     def add_close_signal(self, at: datetime, now: datetime) -> None:
@@ -470,13 +558,9 @@ class RetryStore:
     @contextmanager
     def unit(self) -> Iterator[StoreUnit]:
         """One transaction: commit at the end of the block, roll back if it raises."""
-        with self._sessions() as session, session.begin():
-            yield StoreUnit(session)
-
-    def close_signals_around(self, instant: datetime, days: int = 14) -> Sequence[datetime]:
-        """Close signals from the day of ``instant`` on, enough for any plan."""
-        from datetime import timedelta
-
-        day = to_local(instant).date()
-        with self.unit() as u:
-            return u.close_signals(day - timedelta(days=1), day + timedelta(days=days))
+        with self._sessions() as session:
+            with session.begin():
+                unit = StoreUnit(session)
+                yield unit
+            for action in unit.on_commit:
+                action()

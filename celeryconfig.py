@@ -1,0 +1,49 @@
+"""Celery settings only (DESIGN 9); rule settings live in retry_pipeline/config.py.
+
+Read by ``retry_pipeline.tasks`` with ``app.config_from_object("celeryconfig")``.
+Secrets (a Redis password in the URL) come only from the environment.
+"""
+
+import os
+
+from kombu import Exchange, Queue
+
+_env = os.environ.get
+
+broker_url = _env("RETRY_PIPELINE_BROKER_URL", "redis://127.0.0.1:6379/0")
+
+# JSON only; pickle is refused by configuration.
+task_serializer = "json"
+result_serializer = "json"
+event_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+task_ignore_result = True  # outcomes travel through the outbox, not result backends
+result_expires = None  # no results kept, so beat needs no backend_cleanup entry
+
+# A message is acknowledged after its task ran; a worker killed mid-task gives it back.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+
+# Countdowns never exceed one slot (10 min); redelivery after an hour is far beyond that.
+broker_transport_options = {"visibility_timeout": 3600}
+broker_connection_retry_on_startup = True
+
+_queue = _env("RETRY_PIPELINE_QUEUE", "retry_pipeline")
+_examination = _env("RETRY_PIPELINE_EXAMINATION_QUEUE", "examination")
+task_default_queue = _queue
+task_queues = (
+    Queue(_queue, Exchange(_queue), routing_key=_queue),
+    Queue(_examination, Exchange(_examination), routing_key=_examination),
+)
+task_routes = {"examination.*": {"queue": _examination, "routing_key": _examination}}
+task_create_missing_queues = True
+
+timezone = "Asia/Tokyo"
+enable_utc = True
+
+# Flower: task events on by default.
+worker_send_task_events = True
+task_send_sent_event = True
+worker_hijack_root_logger = False

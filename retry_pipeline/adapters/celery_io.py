@@ -1,0 +1,67 @@
+"""Celery adapters: attempt messages with ETAs, and outcomes to the examination side by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from retry_pipeline.adapters.store import PendingOutcome
+from retry_pipeline.calendar import format_instant
+from retry_pipeline.clock import Clock
+from retry_pipeline.config import Settings
+from retry_pipeline.model import Outcome
+from retry_pipeline.service import Dispatch
+
+ATTEMPT_TASK = "retry_pipeline.attempt"
+
+
+class CeleryDispatcher:
+    """Sends ``retry_pipeline.attempt`` with ``eta`` at its slot (on the real clock)."""
+
+    def __init__(self, app: Any, clock: Clock, settings: Settings) -> None:
+        self.app = app
+        self.clock = clock
+        self.settings = settings
+
+    def send_attempt(self, dispatch: Dispatch) -> None:
+        options: dict[str, Any] = {"queue": self.settings.queue}
+        if dispatch.slot > self.clock.now():
+            options["eta"] = self.clock.to_real(dispatch.slot)
+        self.app.send_task(
+            ATTEMPT_TASK,
+            kwargs={
+                "chain_id": dispatch.chain_id,
+                "attempt_no": dispatch.attempt_no,
+                "slot": dispatch.slot.isoformat(),
+            },
+            **options,
+        )
+
+
+def outcome_message(outcome: PendingOutcome) -> dict[str, Any]:
+    """The JSON body of an outcome task (the examination side's contract)."""
+    return {
+        "application": outcome.application,
+        "office": outcome.office,
+        "chain_id": outcome.chain_id,
+        "outcome": outcome.outcome.value,
+        "missing": list(outcome.missing),
+        "decided_at": format_instant(outcome.decided_at),
+        "idempotency_key": outcome.idempotency_key,
+    }
+
+
+class CeleryExaminationGateway:
+    """Sends ``examination.resume_pre_review`` / ``examination.auto_correct`` by name."""
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    def deliver(self, outcome: PendingOutcome) -> None:
+        s = self.settings
+        name = s.resume_task if outcome.outcome is Outcome.RESUMED else s.auto_correct_task
+        self.app.send_task(
+            name,
+            kwargs=outcome_message(outcome),
+            queue=s.examination_queue,
+        )

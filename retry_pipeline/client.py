@@ -1,0 +1,66 @@
+"""What the examination worker calls: send a report by task name, nothing else imported.
+
+    from retry_pipeline.client import report_missing
+    report_missing({"application": "A-1", "office": "OSK01", "procedure": "continuous",
+                    "vehicle": "JA11-123456", "missing": ["safety"], "confirmed": [],
+                    "detected_at": "2026-11-27T08:36:00+09:00"},
+                   broker_url="redis://:secret@redis:6379/0")
+
+The pipeline validates the message; a refused one is kept in its dead-letter table.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from typing import Any
+
+from celery import Celery
+
+REPORT_TASK = "retry_pipeline.report_missing"
+CLOSE_TASK = "retry_pipeline.close"
+DEFAULT_QUEUE = "retry_pipeline"
+
+_apps: dict[str, Celery] = {}
+
+
+def _app(broker_url: str | None) -> Celery:
+    url = broker_url or os.environ.get("RETRY_PIPELINE_BROKER_URL", "redis://127.0.0.1:6379/0")
+    if url not in _apps:
+        app = Celery("retry_pipeline_client", broker=url, set_as_current=False)
+        app.conf.update(
+            task_serializer="json",
+            accept_content=["json"],
+            task_ignore_result=True,
+            broker_connection_retry_on_startup=True,
+        )
+        _apps[url] = app
+    return _apps[url]
+
+
+def report_missing(
+    report: dict[str, Any],
+    *,
+    broker_url: str | None = None,
+    queue: str = DEFAULT_QUEUE,
+    app: Celery | None = None,
+) -> str:
+    """Send one missing-certificate report; returns the Celery task id."""
+    if not isinstance(report, dict):
+        raise TypeError("a report is a dict with the fields of the message contract")
+    body = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in report.items()}
+    result = (app or _app(broker_url)).send_task(REPORT_TASK, args=[body], queue=queue)
+    return str(result.id)
+
+
+def send_close(
+    at: datetime | None = None,
+    *,
+    broker_url: str | None = None,
+    queue: str = DEFAULT_QUEUE,
+    app: Celery | None = None,
+) -> str:
+    """Send an explicit OSS close signal (R10); ``at`` defaults to when it is handled."""
+    kwargs = {} if at is None else {"at": at.isoformat()}
+    result = (app or _app(broker_url)).send_task(CLOSE_TASK, kwargs=kwargs, queue=queue)
+    return str(result.id)

@@ -1,0 +1,334 @@
+"""The service layer: reports, attempts, the grid tick, the close, the outbox relay.
+
+Each operation reads the clock once, works in short SQL transactions (the record
+of truth) and tells a ``Dispatcher`` which attempt messages to send. Celery tasks
+(``tasks.py``) are thin wrappers around these methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from retry_pipeline.adapters.store import Event, PendingOutcome, RetryStore, StoreUnit
+from retry_pipeline.attempts import judge_attempt, kinds_to_check
+from retry_pipeline.calendar import BusinessCalendar, to_local
+from retry_pipeline.clock import Clock
+from retry_pipeline.errors import StoreError
+from retry_pipeline.model import Chain, Outcome, Report, sorted_kinds
+from retry_pipeline.policy import advance_chain, replan, start_chain
+from retry_pipeline.ports import CertificateRegistry
+from retry_pipeline.rules import admit_report
+
+log = logging.getLogger(__name__)
+
+SIGNAL_HORIZON_DAYS = 31  # close signals are read from yesterday up to this far ahead
+CLAIM_TRIES = 3
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """An attempt message to send: chain, attempt number, slot (its ETA)."""
+
+    chain_id: str
+    attempt_no: int
+    slot: datetime
+
+
+class Dispatcher(Protocol):
+    """Sends attempt messages (Celery in production)."""
+
+    def send_attempt(self, dispatch: Dispatch) -> None:
+        """Send the attempt; it must not run before ``dispatch.slot``."""
+        ...
+
+
+class ExaminationGateway(Protocol):
+    """The examination side (DESIGN 6): outcomes go there, at least once."""
+
+    def deliver(self, outcome: PendingOutcome) -> None:
+        """Hand one outcome to the examination side (resume pre-review or auto-correct)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What became of a report."""
+
+    chain_id: str
+    retry: bool  # False: auto-corrected at once (R1, R3)
+    created: bool
+    reason: str
+    next_slot: datetime | None
+
+
+@dataclass
+class TickResult:
+    """What one grid tick did."""
+
+    parked: int = 0
+    dispatched: list[Dispatch] = field(default_factory=list)
+    relayed: int = 0
+
+
+def park_closed(store: RetryStore, calendar: BusinessCalendar, now: datetime) -> int:
+    """R10: once today's OSS close has come, park every chain still slotted today."""
+    local = to_local(now)
+    day = local.date()
+    with store.unit() as u:
+        signals = u.close_signals(
+            day - timedelta(days=1), day + timedelta(days=SIGNAL_HORIZON_DAYS)
+        )
+    close = calendar.close_at(day, signals)
+    if not calendar.is_business_day(day) or local < close:
+        return 0
+    end_of_day = calendar.opening_at(day).start_of("day").add(days=1)
+    parked = 0
+    with store.unit() as u:
+        for chain in u.chains_slotted_between(close, end_of_day):
+            cursor = replan(chain.cursor, calendar, signals)
+            if cursor != chain.cursor:
+                u.reschedule(chain, cursor, now, "R10: OSS close")
+                parked += 1
+    return parked
+
+
+class RetryService:
+    """Carries out SPEC R1–R16 over the store, the registry and the clock."""
+
+    def __init__(
+        self,
+        store: RetryStore,
+        registry: CertificateRegistry,
+        calendar: BusinessCalendar,
+        clock: Clock,
+        dispatcher: Dispatcher,
+        gateway: ExaminationGateway,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.calendar = calendar
+        self.clock = clock
+        self.dispatcher = dispatcher
+        self.gateway = gateway
+
+    @property
+    def step(self) -> timedelta:
+        return timedelta(minutes=self.calendar.settings.step_min)
+
+    def close_signals(self, around: datetime) -> list[datetime]:
+        """Close signals from the day before ``around`` to a month after."""
+        day = to_local(around).date()
+        with self.store.unit() as u:
+            return u.close_signals(
+                day - timedelta(days=1), day + timedelta(days=SIGNAL_HORIZON_DAYS)
+            )
+
+    # -- reports ---------------------------------------------------------------
+    def accept_report(self, report: Report) -> Accepted:
+        """R1, R3, R4: start a chain, merge into the live one, or auto-correct at once."""
+        now = self.clock.now()
+        admission = admit_report(report, self.calendar.settings)  # R1: may refuse
+        signals = self.close_signals(min(report.detected_at, now))
+        with self.store.unit() as u:
+            existing = u.find_chain(report.subject.application, lock=True)
+            if existing is not None:
+                accepted = self._merge(u, existing, report, now)
+            elif not admission.retry:
+                accepted = self._auto_correct_now(u, report, admission.reason, now)
+            else:
+                cursor = start_chain(report.detected_at, self.calendar, signals)
+                recorded = u.record_report(report, cursor, now)
+                accepted = Accepted(
+                    recorded.chain.chain_id, True, recorded.created, admission.reason, cursor.slot
+                )
+                self._maybe_countdown(u, recorded.chain, now)
+        return accepted
+
+    def _merge(self, u: StoreUnit, chain: Chain, report: Report, now: datetime) -> Accepted:
+        # R3: a certificate seen present (by pre-review or an attempt) and missing now.
+        lost = report.missing & (chain.found | chain.confirmed | report.confirmed)
+        if lost:
+            reason = f"R3: {', '.join(sorted_kinds(lost))} found present earlier, missing now"
+            ended = u.end_chain(
+                chain,
+                Outcome.AUTO_CORRECTED,
+                missing=lost,
+                decided_at=report.detected_at,
+                now=now,
+                detail=reason,
+            )
+            self._deliver_after_commit(u, ended)
+            return Accepted(chain.chain_id, False, False, reason, None)
+        # R4 and R16: merge into the live chain; it is never restarted or cancelled.
+        u.record_report(report, chain.cursor, now)
+        return Accepted(chain.chain_id, True, False, "R4: merged", chain.cursor.slot)
+
+    def _auto_correct_now(
+        self, u: StoreUnit, report: Report, reason: str, now: datetime
+    ) -> Accepted:
+        # The same report delivered twice must not give two outcomes: derive the id.
+        key = f"{report.subject.application}|{report.detected_at.isoformat()}|immediate"
+        chain_id = uuid.uuid5(uuid.NAMESPACE_URL, key).hex
+        pending = u.add_outcome_once(
+            chain_id,
+            report.subject,
+            Outcome.AUTO_CORRECTED,
+            missing=report.missing,
+            decided_at=report.detected_at,
+            now=now,
+        )
+        if pending is None:
+            log.info("report %s was already auto-corrected", key)
+            return Accepted(chain_id, False, False, "duplicate report: " + reason, None)
+        u.log_immediate(
+            chain_id,
+            report.subject,
+            Event.AUTO_CORRECTED,
+            report.missing,
+            report.detected_at,
+            reason,
+            now,
+        )
+        self._deliver_after_commit(u, pending)
+        return Accepted(chain_id, False, True, reason, None)
+
+    # -- attempts --------------------------------------------------------------
+    def run_attempt(self, chain_id: str, attempt_no: int, slot: datetime) -> str:
+        """R8: one attempt, idempotent (DESIGN 3). Returns what it did, for logs and tests."""
+        for _ in range(CLAIM_TRIES):
+            now = self.clock.now()
+            with self.store.unit() as u:
+                chain = u.get_chain(chain_id)
+            if chain is None or chain.next_attempt_no != attempt_no or chain.cursor.slot != slot:
+                return "stale"  # duplicate, late redelivery, or ended meanwhile
+            if now < slot:
+                self.dispatcher.send_attempt(Dispatch(chain_id, attempt_no, slot))
+                return "early"
+            signals = self.close_signals(slot)
+            cursor = replan(chain.cursor, self.calendar, signals)
+            if cursor != chain.cursor:  # R10: a close took this slot away
+                with self.store.unit() as u:
+                    try:
+                        u.reschedule(chain, cursor, now, "R10: closed before this slot")
+                    except StoreError:
+                        continue
+                return "parked"
+            present = self.registry.present(chain.subject, kinds_to_check(chain), slot)
+            verdict = judge_attempt(chain, present)
+            with self.store.unit() as u:
+                claimed = u.claim_attempt(chain_id, attempt_no, slot, now, version=chain.version)
+                if claimed is None:
+                    continue  # changed meanwhile (a merge): read again
+                if verdict.outcome is None:
+                    nxt = advance_chain(claimed.cursor, self.calendar, signals)
+                    if nxt is not None:
+                        advanced = u.advance(
+                            claimed,
+                            nxt,
+                            missing=verdict.missing,
+                            found=verdict.found,
+                            slot=slot,
+                            now=now,
+                        )
+                        self._maybe_countdown(u, advanced, now)
+                        result = (
+                            "parked-after" if nxt.parked and not chain.cursor.parked else "next"
+                        )
+                        break
+                    outcome = Outcome.AUTO_CORRECTED
+                    reason = "R11: last attempt" if claimed.cursor.parked else "R8: last attempt"
+                else:
+                    outcome, reason = verdict.outcome, verdict.reason
+                ended = u.end_chain(
+                    claimed,
+                    outcome,
+                    missing=verdict.missing,
+                    decided_at=slot,
+                    now=now,
+                    detail=reason,
+                    attempt_no=attempt_no,
+                )
+                self._deliver_after_commit(u, ended)
+                return outcome.value
+        else:
+            return "contended"
+        return result
+
+    def _maybe_countdown(self, u: StoreUnit, chain: Chain, now: datetime) -> None:
+        """DESIGN 2: send the next attempt with an ETA when its slot is at most a slot away.
+
+        Marked as dispatched in the same transaction; if the send is lost, the grid
+        tick finds the attempt overdue and sends it again (at most one slot late).
+        """
+        slot = chain.cursor.slot
+        if slot > now + self.step:
+            return  # a later day's opening: the 08:30 tick dispatches it (R11, R13)
+        if u.mark_dispatched(chain.chain_id, slot):
+            dispatch = Dispatch(chain.chain_id, chain.next_attempt_no, slot)
+            u.after_commit(lambda: self._send_quietly(dispatch))
+
+    def _send_quietly(self, dispatch: Dispatch) -> None:
+        try:
+            self.dispatcher.send_attempt(dispatch)
+        except Exception:  # broker down: the tick finds it overdue and sends it again
+            log.exception("could not send attempt %s; the grid tick will", dispatch)
+
+    def _deliver_after_commit(self, u: StoreUnit, outcome: PendingOutcome) -> None:
+        """Deliver a just-decided outcome once committed; the tick's relay covers failures."""
+
+        def deliver() -> None:
+            try:
+                self.gateway.deliver(outcome)
+            except Exception:
+                log.exception("could not deliver %s; the relay will", outcome.idempotency_key)
+                return
+            with self.store.unit() as again:
+                again.mark_sent(outcome.id, self.clock.now())
+
+        u.after_commit(deliver)
+
+    # -- the grid tick and the close ---------------------------------------------
+    def tick(self) -> TickResult:
+        """DESIGN 4: park at the close, release at 08:30, re-send what is due and did not run."""
+        now = self.clock.now()
+        result = TickResult(parked=self.park_if_closed(now))
+        overdue_before = now - self.step
+        with self.store.unit() as u:
+            due = u.due_chains(now, limit=100_000)
+            for chain in due:
+                if chain.dispatched_for == chain.cursor.slot and chain.cursor.slot > overdue_before:
+                    continue  # its countdown is in flight and not late yet
+                u.mark_dispatched(chain.chain_id, chain.cursor.slot)
+                result.dispatched.append(
+                    Dispatch(chain.chain_id, chain.next_attempt_no, chain.cursor.slot)
+                )
+        for dispatch in result.dispatched:
+            self.dispatcher.send_attempt(dispatch)
+        result.relayed = self.relay()
+        return result
+
+    def park_if_closed(self, now: datetime) -> int:
+        """R10: once today's OSS close has come, park every chain still slotted today."""
+        return park_closed(self.store, self.calendar, now)
+
+    def record_close(self, at: datetime | None = None) -> int:
+        """R10: an explicit close signal (default now); parks at once when already due."""
+        now = self.clock.now()
+        with self.store.unit() as u:
+            u.add_close_signal(at or now, now)
+        return self.park_if_closed(now)
+
+    # -- outcomes --------------------------------------------------------------
+    def relay(self, limit: int = 500) -> int:
+        """DESIGN 5: deliver pending outcomes at least once, each with its idempotency key."""
+        with self.store.unit() as u:
+            pending = u.pending_outcomes(limit)
+        for outcome in pending:
+            self.gateway.deliver(outcome)
+            with self.store.unit() as u:
+                u.mark_sent(outcome.id, self.clock.now())
+        return len(pending)

@@ -1,0 +1,1 @@
+"""Simulation: scenarios, the linkage simulator, a private Redis, the stand-in examination side."""

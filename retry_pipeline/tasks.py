@@ -1,0 +1,128 @@
+"""Celery tasks: thin entry points that parse the message and call the service.
+
+Task names are the public interface: ``retry_pipeline.report_missing`` (the
+examination worker sends it by name), ``retry_pipeline.attempt``,
+``retry_pipeline.tick`` (beat, on the grid), ``retry_pipeline.close``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import cache
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+from sqlalchemy.exc import DBAPIError
+
+from retry_pipeline.calendar import BusinessCalendar, parse_instant
+from retry_pipeline.config import Settings
+from retry_pipeline.errors import InvalidInstant, InvalidReport
+from retry_pipeline.messages import parse_report
+from retry_pipeline.schedules import GridSchedule
+from retry_pipeline.service import RetryService
+
+log = logging.getLogger(__name__)
+
+app = Celery("retry_pipeline")
+app.config_from_object("celeryconfig")
+
+
+@cache
+def settings() -> Settings:
+    """Settings of this process, read once."""
+    return Settings.from_env()
+
+
+@cache
+def service() -> RetryService:
+    """The service of this process, built on first use (after a prefork fork)."""
+    from retry_pipeline.bootstrap import bootstrap
+
+    return bootstrap(settings(), app)
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    # A forked child must not reuse the parent's database connections.
+    service.cache_clear()
+
+
+app.conf.beat_schedule = {
+    "grid-tick": {
+        "task": "retry_pipeline.tick",
+        "schedule": GridSchedule(BusinessCalendar(settings())),
+        "options": {"queue": settings().queue, "expires": 600},
+    },
+}
+app.conf.beat_max_loop_interval = settings().beat_max_interval_s
+
+
+def _dead_letter(task: str, reason: str, payload: Any) -> dict[str, Any]:
+    try:
+        raw = json.dumps(payload, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        raw = repr(payload)
+    svc = service()
+    with svc.store.unit() as u:
+        letter = u.add_dead_letter(task, reason, raw, svc.clock.now())
+    log.error("refused %s (dead letter %d): %s", task, letter, reason)
+    return {"status": "refused", "reason": reason, "dead_letter": letter}
+
+
+@app.task(
+    name="retry_pipeline.report_missing",
+    autoretry_for=(DBAPIError,),
+    retry_backoff=True,
+    retry_backoff_max=60,
+    max_retries=None,
+)
+def report_missing(payload: Any = None, **fields: Any) -> dict[str, Any]:
+    """A missing-certificate report (R1, R3, R4): start, merge, or auto-correct at once."""
+    message = payload if payload is not None else fields
+    try:
+        report = parse_report(message)
+        accepted = service().accept_report(report)
+    except InvalidReport as exc:  # NotARetryTarget (R1) included
+        return _dead_letter("retry_pipeline.report_missing", str(exc), message)
+    return {
+        "status": "retry" if accepted.retry else "auto_corrected",
+        "chain_id": accepted.chain_id,
+        "reason": accepted.reason,
+    }
+
+
+@app.task(name="retry_pipeline.attempt")
+def attempt(chain_id: str, attempt_no: int, slot: str) -> str:
+    """One attempt of a chain (R8); a stale or duplicate message does nothing (DESIGN 3)."""
+    try:
+        at = parse_instant(slot)
+    except InvalidInstant as exc:
+        _dead_letter("retry_pipeline.attempt", str(exc), [chain_id, attempt_no, slot])
+        return "refused"
+    return service().run_attempt(chain_id, int(attempt_no), at)
+
+
+@app.task(name="retry_pipeline.tick")
+def tick() -> dict[str, int]:
+    """The grid tick (DESIGN 4): park at close, release at 08:30, re-send due attempts."""
+    result = service().tick()
+    return {
+        "parked": result.parked,
+        "dispatched": len(result.dispatched),
+        "relayed": result.relayed,
+    }
+
+
+@app.task(name="retry_pipeline.close")
+def close(at: str | None = None) -> int:
+    """An explicit OSS close signal (R10); ``at`` defaults to now."""
+    when = None
+    if at is not None:
+        try:
+            when = parse_instant(at)
+        except InvalidInstant as exc:
+            _dead_letter("retry_pipeline.close", str(exc), {"at": at})
+            return 0
+    return service().record_close(when)
