@@ -27,7 +27,10 @@ task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 
 # Countdowns never exceed one slot (10 min); redelivery after an hour is far beyond that.
-broker_transport_options = {"visibility_timeout": 3600}
+# Simulations on a scaled clock set a few real seconds (still above one slot).
+broker_transport_options = {
+    "visibility_timeout": int(_env("RETRY_PIPELINE_VISIBILITY_TIMEOUT_S", "3600")),
+}
 broker_connection_retry_on_startup = True
 
 _queue = _env("RETRY_PIPELINE_QUEUE", "retry_pipeline")
@@ -47,3 +50,6 @@ enable_utc = True
 worker_send_task_events = True
 task_send_sent_event = True
 worker_hijack_root_logger = False
+
+# Undecodable messages (pickle, broken JSON) and unknown tasks become dead letters.
+worker_consumer = "retry_pipeline.worker:DeadLetterConsumer"

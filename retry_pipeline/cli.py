@@ -156,6 +156,16 @@ def _store() -> Any:
     help="Keep the database and logs here.",
 )
 @click.option("--timeout", "timeout_s", default=900.0, show_default=True, type=float)
+@click.option(
+    "--faults", default="", help="Inject real faults, e.g. kill-worker,flush-redis,kill-beat."
+)
+@click.option(
+    "--fault-seed",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Seed that chooses the moments of the faults.",
+)
 def simulate(
     scenario_file: str,
     time_scale: float,
@@ -163,17 +173,20 @@ def simulate(
     redis_db: int,
     workdir: str | None,
     timeout_s: float,
+    faults: str,
+    fault_seed: int,
 ) -> None:
     """Run a scenario through the real worker, beat and Redis; print one JSON report."""
     from pathlib import Path
 
-    from retry_pipeline.sim.harness import Options, SimulationError
-    from retry_pipeline.sim.harness import simulate as run_simulation
+    from retry_pipeline.sim.faults import parse_faults
+    from retry_pipeline.sim.harness import Options, SimulationError, run_simulation
     from retry_pipeline.sim.scenario import ScenarioError, load_scenario
 
     try:
         scenario = load_scenario(scenario_file)
-    except ScenarioError as exc:
+        fault_names = parse_faults(faults)
+    except (ScenarioError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     options = Options(
         time_scale=time_scale,
@@ -181,12 +194,19 @@ def simulate(
         redis_db=redis_db,
         timeout_s=timeout_s,
         workdir=Path(workdir) if workdir else None,
+        faults=fault_names,
+        fault_seed=fault_seed,
     )
     try:
-        report = run_simulation(scenario, options, lambda m: click.echo(m, err=True))
+        report, stats = run_simulation(scenario, options, lambda m: click.echo(m, err=True))
     except SimulationError as exc:
         click.echo(f"simulation failed: {exc}", err=True)
         sys.exit(1)
+    click.echo(
+        f"done in {stats.wall_s:.1f} s; faults {stats.faults.injected or 'none'}; restarts "
+        f"{stats.restarts or 'none'}; max lateness {stats.max_lateness_slots} slot(s)",
+        err=True,
+    )
     click.echo(json.dumps(report, ensure_ascii=False, indent=2))
 
 

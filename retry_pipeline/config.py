@@ -101,7 +101,14 @@ _TEXT = (
     "CLOCK_FILE",
 )
 # Read by other modules (celeryconfig.py, docker-compose) but allowed here too.
-_OTHER = ("OPENING", "CLOSE", "EXTRA_CLOSURES", "NEW_INSPECTION_RETRY_FROM", "BEAT_MAX_INTERVAL_S")
+_OTHER = (
+    "OPENING",
+    "CLOSE",
+    "EXTRA_CLOSURES",
+    "NEW_INSPECTION_RETRY_FROM",
+    "BEAT_MAX_INTERVAL_S",
+    "VISIBILITY_TIMEOUT_S",  # read by celeryconfig.py
+)
 _KNOWN = frozenset({*_INTS, *_TEXT, *_OTHER})
 
 

@@ -135,8 +135,18 @@ class RetryService:
         signals = self.close_signals(min(report.detected_at, now))
         with self.store.unit() as u:
             existing = u.find_chain(report.subject.application, lock=True)
+            ended = None if existing else u.last_ending(report.subject.application)
             if existing is not None:
                 accepted = self._merge(u, existing, report, now)
+            elif ended is not None and report.detected_at <= ended[1]:
+                # Detected before the last decision: a redelivered or repeated report.
+                # A new detection comes after pre-review resumed, i.e. after that decision.
+                reason = f"duplicate report: already decided at {ended[1].isoformat()}"
+                u.log_immediate(
+                    ended[0], report.subject, Event.DUPLICATE, report.missing,
+                    report.detected_at, reason, now,
+                )  # fmt: skip
+                accepted = Accepted(ended[0], False, False, reason, None)
             elif not admission.retry:
                 accepted = self._auto_correct_now(u, report, admission.reason, now)
             else:
@@ -324,11 +334,21 @@ class RetryService:
 
     # -- outcomes --------------------------------------------------------------
     def relay(self, limit: int = 500) -> int:
-        """DESIGN 5: deliver pending outcomes at least once, each with its idempotency key."""
+        """DESIGN 5: deliver outcomes at least once, each always with its idempotency key.
+
+        Never-sent outcomes go now; sent ones the examination side has not confirmed
+        go again once a slot has passed (the broker may have forgotten them).
+        """
+        now = self.clock.now()
         with self.store.unit() as u:
-            pending = u.pending_outcomes(limit)
+            pending = u.pending_outcomes(limit, resend_before=now - self.step)
         for outcome in pending:
             self.gateway.deliver(outcome)
             with self.store.unit() as u:
                 u.mark_sent(outcome.id, self.clock.now())
         return len(pending)
+
+    def confirm_outcome(self, idempotency_key: str) -> bool:
+        """The examination side acknowledges an outcome: stop re-sending it."""
+        with self.store.unit() as u:
+            return u.confirm_outcome(idempotency_key, self.clock.now())

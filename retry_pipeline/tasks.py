@@ -115,6 +115,12 @@ def tick() -> dict[str, int]:
     }
 
 
+@app.task(name="retry_pipeline.confirm_outcome")
+def confirm_outcome(idempotency_key: str) -> bool:
+    """The examination side confirms it received an outcome (stops the relay's re-sends)."""
+    return service().confirm_outcome(str(idempotency_key))
+
+
 @app.task(name="retry_pipeline.close")
 def close(at: str | None = None) -> int:
     """An explicit OSS close signal (R10); ``at`` defaults to now."""

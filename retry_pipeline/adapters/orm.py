@@ -109,6 +109,9 @@ class OutboxRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     send_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The examination side acknowledged it (retry_pipeline.confirm_outcome); until then
+    # the relay sends it again every slot: a broker that forgets loses nothing.
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
 
 class CloseSignalRow(Base):

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import ColumnElement, Engine, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -49,6 +49,7 @@ class Event:
     PARKED = "parked"
     RESUMED = Outcome.RESUMED.value
     AUTO_CORRECTED = Outcome.AUTO_CORRECTED.value
+    DUPLICATE = "duplicate"  # a report that came again after its chain was decided
 
 
 @dataclass(frozen=True)
@@ -171,13 +172,30 @@ class StoreUnit:
         """How many chains are live."""
         return int(self.session.scalar(select(func.count()).select_from(ChainRow)) or 0)
 
+    def last_ending(self, application: str) -> tuple[str, datetime] | None:
+        """(chain id, decided at) of the application's latest decided chain, if any."""
+        stmt = (
+            select(HistoryRow.chain_id, HistoryRow.slot)
+            .where(
+                HistoryRow.application == application,
+                HistoryRow.event.in_([Event.RESUMED, Event.AUTO_CORRECTED]),
+                HistoryRow.slot.is_not(None),
+            )
+            .order_by(HistoryRow.slot.desc())
+            .limit(1)
+        )
+        row = self.session.execute(stmt).first()
+        if row is None or row[1] is None:
+            return None
+        return (row[0], row[1])
+
     def earliest_slot(self) -> datetime | None:
         """The soonest next attempt of any live chain."""
         return self.session.scalar(select(func.min(ChainRow.next_slot)))
 
     def count_pending_outcomes(self) -> int:
-        """Outcomes the relay has not delivered yet."""
-        stmt = select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None))
+        """Outcomes the examination side has not confirmed yet."""
+        stmt = select(func.count()).select_from(OutboxRow).where(OutboxRow.confirmed_at.is_(None))
         return int(self.session.scalar(stmt) or 0)
 
     def history(
@@ -452,10 +470,30 @@ class StoreUnit:
         )
 
     # -- outbox ------------------------------------------------------------------
-    def pending_outcomes(self, limit: int = 100) -> list[PendingOutcome]:
-        """Outcomes not yet delivered, oldest first."""
-        stmt = select(OutboxRow).where(OutboxRow.sent_at.is_(None)).order_by(OutboxRow.id)
-        return [_pending(r) for r in self.session.scalars(stmt.limit(limit))]
+    def pending_outcomes(
+        self, limit: int = 100, *, resend_before: datetime | None = None
+    ) -> list[PendingOutcome]:
+        """Outcomes never sent, or sent before ``resend_before`` and not confirmed; oldest first."""
+        due: ColumnElement[bool] = OutboxRow.sent_at.is_(None)
+        if resend_before is not None:
+            due = or_(due, OutboxRow.sent_at < resend_before)
+        stmt = (
+            select(OutboxRow)
+            .where(OutboxRow.confirmed_at.is_(None), due)
+            .order_by(OutboxRow.id)
+            .limit(limit)
+        )
+        return [_pending(r) for r in self.session.scalars(stmt)]
+
+    def confirm_outcome(self, idempotency_key: str, now: datetime) -> bool:
+        """The examination side has the outcome; False for an unknown key."""
+        result = self.session.execute(
+            update(OutboxRow)
+            .where(OutboxRow.idempotency_key == idempotency_key)
+            .values(confirmed_at=func.coalesce(OutboxRow.confirmed_at, now))
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
     def mark_sent(self, outbox_id: int, now: datetime) -> None:
         """The relay handed the outcome to the broker."""

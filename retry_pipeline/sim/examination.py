@@ -81,13 +81,23 @@ def received(engine: Engine) -> list[ReceivedOutcome]:
         return list(session.scalars(select(ReceivedOutcome).order_by(ReceivedOutcome.id)))
 
 
+def _receive(task: str, body: dict[str, Any]) -> None:
+    record(_engine(), task, body)
+    # The contract: acknowledge by key, so the pipeline stops re-sending.
+    app.send_task(
+        "retry_pipeline.confirm_outcome",
+        args=[body["idempotency_key"]],
+        queue=os.environ.get("RETRY_PIPELINE_QUEUE", "retry_pipeline"),
+    )
+
+
 @app.task(name="examination.resume_pre_review")
 def resume_pre_review(**body: Any) -> None:
     """Stand-in: pre-review runs again from the start."""
-    record(_engine(), "examination.resume_pre_review", body)
+    _receive("examination.resume_pre_review", body)
 
 
 @app.task(name="examination.auto_correct")
 def auto_correct(**body: Any) -> None:
     """Stand-in: the application is returned for correction."""
-    record(_engine(), "examination.auto_correct", body)
+    _receive("examination.auto_correct", body)

@@ -1,0 +1,149 @@
+"""Real faults injected into a running simulation (`simulate --faults ...`).
+
+Moments come from a seeded random generator over the review hours of the
+scenario's days, so a fault seed always injects the same faults at the same
+simulated instants. Killed processes are restarted as a supervisor would.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from retry_pipeline.calendar import BusinessCalendar, to_local
+
+FAULTS = (
+    "kill-worker",  # SIGKILL the worker (holding countdowns, maybe mid-transaction)
+    "flush-redis",  # FLUSHDB the broker database while chains are live
+    "restart-redis",  # restart the private redis-server without persistence
+    "kill-beat",  # SIGKILL beat and keep it down for more than two slots
+    "two-beats",  # a second beat runs at the same time for three slots
+    "duplicate-report",  # the same report sent again
+    "duplicate-attempt",  # a chain's next attempt message delivered twice
+)
+PER_FAULT = 2
+
+
+@dataclass(frozen=True)
+class Injection:
+    """One fault at one simulated instant."""
+
+    at: datetime
+    fault: str
+
+
+def parse_faults(text: str) -> tuple[str, ...]:
+    """``kill-worker,flush-redis`` → a tuple of known fault names (unknown ones refused)."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [n for n in names if n not in FAULTS]
+    if unknown:
+        raise ValueError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}")
+    return names
+
+
+def plan_injections(
+    faults: Sequence[str],
+    seed: int,
+    calendar: BusinessCalendar,
+    start: datetime,
+    end: datetime,
+    per_fault: int = PER_FAULT,
+) -> list[Injection]:
+    """Seeded moments inside review hours between ``start`` and ``end`` (pure)."""
+    rng = random.Random(seed)
+    windows: list[tuple[datetime, datetime]] = []
+    lo: datetime
+    hi: datetime
+    day = to_local(start).date()
+    while day <= to_local(end).date():
+        slots = calendar.slots(day)
+        if slots:
+            lo = max(slots[0], to_local(start))
+            hi = min(slots[-1] + timedelta(minutes=calendar.settings.step_min), to_local(end))
+            if lo < hi:
+                windows.append((lo, hi))
+        day += timedelta(days=1)
+    if not windows:
+        return []
+    total_s = sum((hi - lo).total_seconds() for lo, hi in windows)
+    out = []
+    for fault in faults:
+        for _ in range(per_fault):
+            offset = rng.uniform(0, total_s)
+            for lo, hi in windows:
+                span = (hi - lo).total_seconds()
+                if offset <= span:
+                    out.append(Injection(lo + timedelta(seconds=offset), fault))
+                    break
+                offset -= span
+    return sorted(out, key=lambda i: (i.at, i.fault))
+
+
+@dataclass
+class FaultStats:
+    """What was injected, and into how many live chains."""
+
+    injected: dict[str, int] = field(default_factory=dict)
+    live_at_injection: dict[str, int] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    def count(self, fault: str, live: int) -> None:
+        self.injected[fault] = self.injected.get(fault, 0) + 1
+        self.live_at_injection[fault] = self.live_at_injection.get(fault, 0) + live
+
+
+@dataclass
+class Deferred:
+    """An action to take once simulated time reaches ``at`` (e.g. restart beat)."""
+
+    at: datetime
+    action: Callable[[], None]
+
+
+class Injector:
+    """Carries out planned injections as simulated time passes them."""
+
+    def __init__(
+        self,
+        plan: list[Injection],
+        actions: dict[str, Callable[[datetime], bool]],
+        live_count: Callable[[], int],
+        say: Callable[[str], None],
+    ) -> None:
+        self.plan = list(plan)
+        self.actions = actions
+        self.live_count = live_count
+        self.say = say
+        self.deferred: list[Deferred] = []
+        self.stats = FaultStats()
+
+    def defer(self, at: datetime, action: Callable[[], None]) -> None:
+        """Do ``action`` once simulated time reaches ``at`` (a restart after downtime)."""
+        self.deferred.append(Deferred(at, action))
+
+    @property
+    def finished(self) -> bool:
+        """Nothing left to inject or undo."""
+        return not self.plan and not self.deferred
+
+    @property
+    def next_at(self) -> datetime | None:
+        """The next instant the injector acts at (so idle jumps do not skip it)."""
+        times = [i.at for i in self.plan] + [d.at for d in self.deferred]
+        return min(times) if times else None
+
+    def poll(self, now: datetime) -> None:
+        """Inject what is due; an action may decline (returns False) and is tried again."""
+        for deferred in [d for d in self.deferred if d.at <= now]:
+            self.deferred.remove(deferred)
+            deferred.action()
+        while self.plan and self.plan[0].at <= now:
+            injection = self.plan[0]
+            live = self.live_count()
+            if not self.actions[injection.fault](now):
+                return  # not now (e.g. reports in flight); try on the next poll
+            self.plan.pop(0)
+            self.stats.count(injection.fault, live)
+            self.say(f"fault {injection.fault} at {to_local(now).isoformat()[:19]} ({live} live)")
