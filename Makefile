@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test unit integration e2e lint format clean
+.PHONY: install run test unit integration e2e faults lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
@@ -29,6 +29,11 @@ integration: install
 
 e2e: install
 	$(BIN)/python -m pytest tests/e2e
+
+faults: install  ## the whole fault matrix, written to docs/reliability.md (several minutes)
+	mkdir -p var
+	$(BIN)/retry-pipeline scenario post-holiday --applications 40 --seed 11 --output var/faults-scenario.json
+	$(BIN)/retry-pipeline fault-matrix var/faults-scenario.json --seeds 1,2 --output docs/reliability.md
 
 lint: install  ## ruff (lint + format check) and mypy strict on the package
 	$(BIN)/ruff check retry_pipeline tests alembic celeryconfig.py

@@ -17,7 +17,7 @@ from retry_pipeline.adapters.store import Event, PendingOutcome, RetryStore, Sto
 from retry_pipeline.attempts import judge_attempt, kinds_to_check
 from retry_pipeline.calendar import BusinessCalendar, to_local
 from retry_pipeline.clock import Clock
-from retry_pipeline.errors import StoreError
+from retry_pipeline.errors import InvalidReport, StoreError
 from retry_pipeline.model import Chain, Outcome, Report, sorted_kinds
 from retry_pipeline.policy import advance_chain, replan, start_chain
 from retry_pipeline.ports import CertificateRegistry
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SIGNAL_HORIZON_DAYS = 31  # close signals are read from yesterday up to this far ahead
 CLAIM_TRIES = 3
+MAX_CLOCK_SKEW = timedelta(minutes=5)  # a report may come from a host whose clock runs ahead
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,11 @@ class RetryService:
     def accept_report(self, report: Report) -> Accepted:
         """R1, R3, R4: start a chain, merge into the live one, or auto-correct at once."""
         now = self.clock.now()
+        if report.detected_at > now + MAX_CLOCK_SKEW:
+            raise InvalidReport(
+                f"detected_at {report.detected_at.isoformat()} is in the future "
+                f"(now {now.isoformat()}, allowed skew {MAX_CLOCK_SKEW})"
+            )
         admission = admit_report(report, self.calendar.settings)  # R1: may refuse
         signals = self.close_signals(min(report.detected_at, now))
         with self.store.unit() as u:

@@ -208,6 +208,8 @@ class RunStats:
     max_lateness_slots: int
     redeliveries: int  # outcome deliveries beyond the first (same idempotency key)
     wall_s: float
+    outcomes_per_application: dict[str, int]  # distinct outcomes (keys) received
+    endings_per_chain: int  # the most outbox rows any chain has (1 = never doubled)
 
 
 def simulate(
@@ -311,6 +313,8 @@ def run_simulation(
             max_lateness_slots=_max_lateness(store, BusinessCalendar(Settings())),
             redeliveries=sum(o.deliveries - 1 for o in examination.received(engine)),
             wall_s=time.monotonic() - wall_started,
+            outcomes_per_application=_outcomes_per_application(engine),
+            endings_per_chain=_endings_per_chain(store),
         )
         return report, stats
     finally:
@@ -485,6 +489,23 @@ def _client_app(broker_url: str) -> Celery:
     app = Celery("sim-client", broker=broker_url, set_as_current=False)
     app.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True)
     return app
+
+
+def _outcomes_per_application(engine: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for received in examination.received(engine):
+        counts[received.application] = counts.get(received.application, 0) + 1
+    return counts
+
+
+def _endings_per_chain(store: RetryStore) -> int:
+    with store.unit() as u:
+        history = u.history()
+    endings: dict[str, int] = {}
+    for h in history:
+        if h.event in (Event.RESUMED, Event.AUTO_CORRECTED):
+            endings[h.chain_id] = endings.get(h.chain_id, 0) + 1
+    return max(endings.values(), default=0)
 
 
 def _max_lateness(store: RetryStore, calendar: BusinessCalendar) -> int:
