@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
+from retry_pipeline.calendar import BusinessCalendar
 from retry_pipeline.model import CertificateKind, Chain, Outcome, Procedure, sorted_kinds
+from retry_pipeline.policy import Cursor, advance_chain
 
 
 def kinds_to_check(chain: Chain) -> frozenset[CertificateKind]:
@@ -52,3 +56,31 @@ def judge_attempt(chain: Chain, present: frozenset[CertificateKind]) -> Verdict:
     if not still:
         return Verdict(Outcome.RESUMED, frozenset(), checked, "R8: every certificate present")
     return Verdict(None, still, checked & present, "still missing")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What an attempt does to its chain: go on to ``next_cursor``, or end with ``outcome``."""
+
+    next_cursor: Cursor | None
+    outcome: Outcome | None
+    missing: frozenset[CertificateKind]
+    found: frozenset[CertificateKind]
+    reason: str
+
+
+def decide_attempt(
+    chain: Chain,
+    present: frozenset[CertificateKind],
+    calendar: BusinessCalendar,
+    close_signals: Sequence[datetime],
+) -> Decision:
+    """R3, R8, R10, R11: the attempt at ``chain.cursor.slot`` given what is present."""
+    verdict = judge_attempt(chain, present)
+    if verdict.outcome is not None:
+        return Decision(None, verdict.outcome, verdict.missing, verdict.found, verdict.reason)
+    nxt = advance_chain(chain.cursor, calendar, close_signals)
+    if nxt is None:
+        reason = "R11: last attempt" if chain.cursor.parked else "R8: last attempt"
+        return Decision(None, Outcome.AUTO_CORRECTED, verdict.missing, verdict.found, reason)
+    return Decision(nxt, None, verdict.missing, verdict.found, verdict.reason)

@@ -12,6 +12,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -32,7 +33,12 @@ class ReportMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
     application: Ident
-    office: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32)]
+    office: Annotated[
+        str,
+        StringConstraints(
+            strip_whitespace=True, min_length=1, max_length=32, pattern=r"^[\w.:/-]+$"
+        ),
+    ]
     procedure: Procedure
     vehicle: Ident
     missing: Annotated[list[CertificateKind], Field(min_length=1, max_length=3)]
@@ -40,6 +46,16 @@ class ReportMessage(BaseModel):
     detected_at: AwareDatetime
     insurer_id: Ident | None = None
     insurance_no: Ident | None = None
+
+    @field_validator("detected_at", mode="before")
+    @classmethod
+    def _iso_text(cls, value: Any) -> Any:
+        # The contract is ISO 8601 text with an offset; pydantic would take epoch numbers.
+        if not isinstance(value, str):
+            raise ValueError(
+                "must be ISO 8601 text with a UTC offset, e.g. 2026-11-27T08:36:00+09:00"
+            )
+        return value
 
     @model_validator(mode="after")
     def _insurance_key(self) -> ReportMessage:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -15,4 +16,10 @@ class CertificateRegistry(Protocol):
         self, subject: Application, kinds: frozenset[CertificateKind], as_of: datetime
     ) -> frozenset[CertificateKind]:
         """Which of ``kinds`` are present for ``subject`` as of the instant ``as_of``."""
+        ...
+
+    def present_many(
+        self, requests: Sequence[tuple[Application, frozenset[CertificateKind]]], as_of: datetime
+    ) -> list[frozenset[CertificateKind]]:
+        """``present`` for many applications at one instant (one slot's batch)."""
         ...

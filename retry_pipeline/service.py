@@ -14,17 +14,18 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from retry_pipeline.adapters.store import Event, PendingOutcome, RetryStore, StoreUnit
-from retry_pipeline.attempts import judge_attempt, kinds_to_check
+from retry_pipeline.attempts import decide_attempt, kinds_to_check
 from retry_pipeline.calendar import BusinessCalendar, to_local
 from retry_pipeline.clock import Clock
 from retry_pipeline.errors import InvalidReport, StoreError
 from retry_pipeline.model import Chain, Outcome, Report, sorted_kinds
-from retry_pipeline.policy import advance_chain, replan, start_chain
+from retry_pipeline.policy import replan, start_chain
 from retry_pipeline.ports import CertificateRegistry
 from retry_pipeline.rules import admit_report
 
 log = logging.getLogger(__name__)
 
+BATCH = 500  # chains decided per transaction when a slot's attempts run together
 SIGNAL_HORIZON_DAYS = 31  # close signals are read from yesterday up to this far ahead
 CLAIM_TRIES = 3
 MAX_CLOCK_SKEW = timedelta(minutes=5)  # a report may come from a host whose clock runs ahead
@@ -43,7 +44,11 @@ class Dispatcher(Protocol):
     """Sends attempt messages (Celery in production)."""
 
     def send_attempt(self, dispatch: Dispatch) -> None:
-        """Send the attempt; it must not run before ``dispatch.slot``."""
+        """Send one chain's attempt; it must not run before ``dispatch.slot``."""
+        ...
+
+    def send_slot(self, slot: datetime) -> None:
+        """Send the attempts of every chain due at ``slot`` as one message (not before it)."""
         ...
 
 
@@ -115,6 +120,7 @@ class RetryService:
         self.clock = clock
         self.dispatcher = dispatcher
         self.gateway = gateway
+        self._slots_sent: dict[datetime, None] = {}  # insertion-ordered, bounded
 
     @property
     def step(self) -> timedelta:
@@ -234,45 +240,84 @@ class RetryService:
                         continue
                 return "parked"
             present = self.registry.present(chain.subject, kinds_to_check(chain), slot)
-            verdict = judge_attempt(chain, present)
+            decision = decide_attempt(chain, present, self.calendar, signals)
             with self.store.unit() as u:
                 claimed = u.claim_attempt(chain_id, attempt_no, slot, now, version=chain.version)
                 if claimed is None:
                     continue  # changed meanwhile (a merge): read again
-                if verdict.outcome is None:
-                    nxt = advance_chain(claimed.cursor, self.calendar, signals)
-                    if nxt is not None:
-                        advanced = u.advance(
-                            claimed,
-                            nxt,
-                            missing=verdict.missing,
-                            found=verdict.found,
-                            slot=slot,
-                            now=now,
-                        )
-                        self._maybe_countdown(u, advanced, now)
-                        result = (
-                            "parked-after" if nxt.parked and not chain.cursor.parked else "next"
-                        )
-                        break
-                    outcome = Outcome.AUTO_CORRECTED
-                    reason = "R11: last attempt" if claimed.cursor.parked else "R8: last attempt"
-                else:
-                    outcome, reason = verdict.outcome, verdict.reason
+                if decision.next_cursor is not None:
+                    advanced = u.advance(
+                        claimed, decision.next_cursor, missing=decision.missing,
+                        found=decision.found, slot=slot, now=now,
+                    )  # fmt: skip
+                    self._maybe_countdown(u, advanced, now)
+                    parked_now = decision.next_cursor.parked and not chain.cursor.parked
+                    return "parked-after" if parked_now else "next"
+                assert decision.outcome is not None
                 ended = u.end_chain(
-                    claimed,
-                    outcome,
-                    missing=verdict.missing,
-                    decided_at=slot,
-                    now=now,
-                    detail=reason,
-                    attempt_no=attempt_no,
-                )
+                    claimed, decision.outcome, missing=decision.missing, decided_at=slot,
+                    now=now, detail=decision.reason, attempt_no=attempt_no,
+                )  # fmt: skip
                 self._deliver_after_commit(u, ended)
-                return outcome.value
-        else:
-            return "contended"
-        return result
+                return decision.outcome.value
+        return "contended"
+
+    def run_slot(self, slot: datetime, batch: int = BATCH) -> dict[str, int]:
+        """Every chain due at ``slot``, decided in batches (same rules as ``run_attempt``).
+
+        Each batch is one transaction: claim (conditional), one registry read for
+        all its applications as of the slot, bulk writes. A duplicate message, a
+        second worker or a redelivery finds the claimed chains no longer due.
+        """
+        counts = {"next": 0, "parked": 0, Outcome.RESUMED.value: 0, Outcome.AUTO_CORRECTED.value: 0}
+        now = self.clock.now()
+        if now < slot:
+            self.dispatcher.send_slot(slot)
+            return counts
+        signals = self.close_signals(slot)
+        if not self.calendar.is_slot(slot, signals):
+            counts["parked"] = self._park_slot(slot, signals, now)  # R10
+            return counts
+        while True:
+            with self.store.unit() as u:
+                claimed = u.claim_slot(slot, now, batch)
+                if not claimed:
+                    return counts
+                requests = [(c.subject, kinds_to_check(c)) for c in claimed]
+                presents = self.registry.present_many(requests, slot)
+                steps, endings = [], []
+                next_slots: set[datetime] = set()
+                for chain, present in zip(claimed, presents, strict=True):
+                    decision = decide_attempt(chain, present, self.calendar, signals)
+                    if decision.next_cursor is not None:
+                        steps.append(
+                            (chain, decision.next_cursor, decision.missing, decision.found)
+                        )
+                        next_slots.add(decision.next_cursor.slot)
+                        counts["next"] += 1
+                    else:
+                        assert decision.outcome is not None
+                        endings.append((chain, decision.outcome, decision.missing, decision.reason))
+                        counts[decision.outcome.value] += 1
+                soon = {t for t in next_slots if t <= now + self.step}
+                dispatched = min(soon) if len(soon) == 1 else None
+                u.advance_many(steps, slot=slot, now=now, dispatched=dispatched)
+                for pending in u.end_many(endings, slot=slot, now=now):
+                    self._deliver_after_commit(u, pending)
+                if dispatched is not None:
+                    u.after_commit(lambda t=dispatched: self._send_slot_once(t))  # type: ignore[misc]
+            if len(claimed) < batch:
+                return counts
+
+    def _park_slot(self, slot: datetime, signals: list[datetime], now: datetime) -> int:
+        parked = 0
+        with self.store.unit() as u:
+            for chain in u.chains_slotted_between(slot, slot + timedelta(seconds=1)):
+                cursor = replan(chain.cursor, self.calendar, signals)
+                if cursor != chain.cursor:
+                    u.reschedule(chain, cursor, now, "R10: closed before this slot")
+                    parked += 1
+        return parked
 
     def _maybe_countdown(self, u: StoreUnit, chain: Chain, now: datetime) -> None:
         """DESIGN 2: send the next attempt with an ETA when its slot is at most a slot away.
@@ -284,14 +329,20 @@ class RetryService:
         if slot > now + self.step:
             return  # a later day's opening: the 08:30 tick dispatches it (R11, R13)
         if u.mark_dispatched(chain.chain_id, slot):
-            dispatch = Dispatch(chain.chain_id, chain.next_attempt_no, slot)
-            u.after_commit(lambda: self._send_quietly(dispatch))
+            u.after_commit(lambda: self._send_slot_once(slot))
 
-    def _send_quietly(self, dispatch: Dispatch) -> None:
+    def _send_slot_once(self, slot: datetime) -> None:
+        """One slot message per process and slot: a surge of reports sends a handful."""
+        if slot in self._slots_sent:
+            return
         try:
-            self.dispatcher.send_attempt(dispatch)
+            self.dispatcher.send_slot(slot)
         except Exception:  # broker down: the tick finds it overdue and sends it again
-            log.exception("could not send attempt %s; the grid tick will", dispatch)
+            log.exception("could not send the attempts of %s; the grid tick will", slot)
+            return
+        self._slots_sent[slot] = None
+        while len(self._slots_sent) > 256:
+            self._slots_sent.pop(next(iter(self._slots_sent)))
 
     def _deliver_after_commit(self, u: StoreUnit, outcome: PendingOutcome) -> None:
         """Deliver a just-decided outcome once committed; the tick's relay covers failures."""
@@ -313,17 +364,19 @@ class RetryService:
         now = self.clock.now()
         result = TickResult(parked=self.park_if_closed(now))
         overdue_before = now - self.step
+        slots: dict[datetime, list[str]] = {}
         with self.store.unit() as u:
-            due = u.due_chains(now, limit=100_000)
-            for chain in due:
+            for chain in u.due_chains(now, limit=1_000_000):
                 if chain.dispatched_for == chain.cursor.slot and chain.cursor.slot > overdue_before:
                     continue  # its countdown is in flight and not late yet
-                u.mark_dispatched(chain.chain_id, chain.cursor.slot)
+                slots.setdefault(chain.cursor.slot, []).append(chain.chain_id)
                 result.dispatched.append(
                     Dispatch(chain.chain_id, chain.next_attempt_no, chain.cursor.slot)
                 )
-        for dispatch in result.dispatched:
-            self.dispatcher.send_attempt(dispatch)
+            for slot, ids in slots.items():
+                u.mark_dispatched_many(ids, slot)
+        for slot in sorted(slots):
+            self.dispatcher.send_slot(slot)  # one message decides the whole slot
         result.relayed = self.relay()
         return result
 

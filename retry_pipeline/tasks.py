@@ -104,6 +104,17 @@ def attempt(chain_id: str, attempt_no: int, slot: str) -> str:
     return service().run_attempt(chain_id, int(attempt_no), at)
 
 
+@app.task(name="retry_pipeline.attempt_slot")
+def attempt_slot(slot: str) -> dict[str, int]:
+    """The attempts of every chain due at ``slot``, decided in batches (DESIGN 2, 3)."""
+    try:
+        at = parse_instant(slot)
+    except InvalidInstant as exc:
+        _dead_letter("retry_pipeline.attempt_slot", str(exc), {"slot": slot})
+        return {}
+    return service().run_slot(at)
+
+
 @app.task(name="retry_pipeline.tick")
 def tick() -> dict[str, int]:
     """The grid tick (DESIGN 4): park at close, release at 08:30, re-send due attempts."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from retry_pipeline.adapters.store import PendingOutcome
@@ -12,6 +13,7 @@ from retry_pipeline.model import Outcome
 from retry_pipeline.service import Dispatch
 
 ATTEMPT_TASK = "retry_pipeline.attempt"
+SLOT_TASK = "retry_pipeline.attempt_slot"
 
 
 class CeleryDispatcher:
@@ -35,6 +37,12 @@ class CeleryDispatcher:
             },
             **options,
         )
+
+    def send_slot(self, slot: datetime) -> None:
+        options: dict[str, Any] = {"queue": self.settings.queue}
+        if slot > self.clock.now():
+            options["eta"] = self.clock.to_real(slot)
+        self.app.send_task(SLOT_TASK, kwargs={"slot": slot.isoformat()}, **options)
 
 
 def outcome_message(outcome: PendingOutcome) -> dict[str, Any]:

@@ -8,12 +8,12 @@ the block ends and rolls back entirely when it raises (DESIGN 1, 3, 5).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 
-from sqlalchemy import ColumnElement, Engine, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Engine, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -314,6 +314,136 @@ class StoreUnit:
             return None
         return self.get_chain(chain_id, lock=True)
 
+    def claim_slot(self, slot: datetime, now: datetime, limit: int) -> list[Chain]:
+        """Claim up to ``limit`` chains whose next attempt is at ``slot`` (batch of DESIGN 3).
+
+        Rows are locked (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so parallel batches
+        split the work; SQLite: the transaction holds the write lock) and their
+        attempt count raised in this transaction; a chain that moved on is not due.
+        """
+        stmt = (
+            select(ChainRow)
+            .where(ChainRow.next_slot == slot)
+            .order_by(ChainRow.chain_id)
+            .limit(limit)
+            .execution_options(populate_existing=True)
+        )
+        if self.session.get_bind().dialect.name != "sqlite":
+            stmt = stmt.with_for_update(skip_locked=True)
+        rows = list(self.session.scalars(stmt))
+        if not rows:
+            return []
+        self.session.execute(
+            update(ChainRow)
+            .where(ChainRow.chain_id.in_([r.chain_id for r in rows]))
+            .values(attempts_made=ChainRow.attempts_made + 1, version=ChainRow.version + 1,
+                    updated_at=now)
+            .execution_options(synchronize_session=False)
+        )  # fmt: skip
+        claimed = [to_chain(r) for r in rows]
+        return [
+            replace(c, attempts_made=c.attempts_made + 1, version=c.version + 1) for c in claimed
+        ]
+
+    def advance_many(
+        self,
+        steps: Sequence[
+            tuple[Chain, Cursor, frozenset[CertificateKind], frozenset[CertificateKind]]
+        ],
+        *,
+        slot: datetime,
+        now: datetime,
+        dispatched: datetime | None,
+    ) -> None:
+        """``advance`` for a claimed batch: (chain, next cursor, missing, found) each."""
+        if not steps:
+            return
+        self.session.execute(
+            update(ChainRow),
+            [
+                {
+                    "chain_id": chain.chain_id,
+                    "missing": sorted_kinds(missing),
+                    "found": sorted_kinds(found),
+                    "phase": cursor.phase.value,
+                    "phase_used": cursor.used,
+                    "next_slot": cursor.slot,
+                    "dispatched_for": dispatched if cursor.slot == dispatched else None,
+                    "version": chain.version + 1,
+                    "updated_at": now,
+                }
+                for chain, cursor, missing, found in steps
+            ],
+        )
+        self.session.execute(
+            insert(HistoryRow),
+            [
+                self._history_values(
+                    chain, Event.ATTEMPT, chain.attempts_made, slot, missing,
+                    f"still missing; next {cursor.slot.isoformat()}"
+                    + (" (parked, R10)" if cursor.parked and not chain.cursor.parked else ""),
+                    now,
+                )
+                for chain, cursor, missing, _found in steps
+            ],
+        )  # fmt: skip
+
+    def end_many(
+        self,
+        endings: Sequence[tuple[Chain, Outcome, frozenset[CertificateKind], str]],
+        *,
+        slot: datetime,
+        now: datetime,
+    ) -> list[PendingOutcome]:
+        """``end_chain`` for a claimed batch: (chain, outcome, missing, reason) each."""
+        if not endings:
+            return []
+        ids = [chain.chain_id for chain, *_ in endings]
+        self.session.execute(
+            delete(ChainRow)
+            .where(ChainRow.chain_id.in_(ids))
+            .execution_options(synchronize_session=False)
+        )
+        self.session.execute(
+            insert(HistoryRow),
+            [
+                self._history_values(
+                    chain,
+                    Event.RESUMED if outcome is Outcome.RESUMED else Event.AUTO_CORRECTED,
+                    chain.attempts_made, slot, missing, reason, now,
+                )
+                for chain, outcome, missing, reason in endings
+            ],
+        )  # fmt: skip
+        rows = [
+            OutboxRow(
+                chain_id=chain.chain_id,
+                idempotency_key=idempotency_key(chain.chain_id, outcome),
+                application=chain.subject.application,
+                office=chain.subject.office,
+                outcome=outcome.value,
+                missing=sorted_kinds(missing),
+                decided_at=slot,
+                created_at=now,
+                sent_at=None,
+                send_count=0,
+            )
+            for chain, outcome, missing, _reason in endings
+        ]
+        self.session.add_all(rows)
+        self.session.flush()
+        return [_pending(r) for r in rows]
+
+    def mark_dispatched_many(self, chain_ids: Sequence[str], slot: datetime) -> None:
+        """The tick sent the attempt of ``slot`` for these chains."""
+        if chain_ids:
+            self.session.execute(
+                update(ChainRow)
+                .where(ChainRow.chain_id.in_(list(chain_ids)), ChainRow.next_slot == slot)
+                .values(dispatched_for=slot)
+                .execution_options(synchronize_session=False)
+            )
+
     def advance(
         self,
         chain: Chain,
@@ -542,6 +672,28 @@ class StoreUnit:
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise StoreError(f"chain {chain.chain_id} changed meanwhile (version {chain.version})")
 
+    @staticmethod
+    def _history_values(
+        chain: Chain,
+        event: str,
+        attempt_no: int | None,
+        slot: datetime | None,
+        missing: frozenset[CertificateKind],
+        detail: str,
+        now: datetime,
+    ) -> dict[str, object]:
+        return {
+            "chain_id": chain.chain_id,
+            "application": chain.subject.application,
+            "office": chain.subject.office,
+            "event": event,
+            "attempt_no": attempt_no,
+            "slot": slot,
+            "missing": sorted_kinds(missing),
+            "detail": detail[:500],
+            "recorded_at": now,
+        }
+
     def _log(
         self,
         chain: Chain,
@@ -552,19 +704,8 @@ class StoreUnit:
         detail: str,
         now: datetime,
     ) -> None:
-        self.session.add(
-            HistoryRow(
-                chain_id=chain.chain_id,
-                application=chain.subject.application,
-                office=chain.subject.office,
-                event=event,
-                attempt_no=attempt_no,
-                slot=slot,
-                missing=sorted_kinds(missing),
-                detail=detail[:500],
-                recorded_at=now,
-            )
-        )
+        values = self._history_values(chain, event, attempt_no, slot, missing, detail, now)
+        self.session.add(HistoryRow(**values))
 
 
 def _pending(row: OutboxRow) -> PendingOutcome:
