@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -279,6 +280,7 @@ class RetryService:
             counts["parked"] = self._park_slot(slot, signals, now)  # R10
             return counts
         while True:
+            now = self.clock.now()
             with self.store.unit() as u:
                 claimed = u.claim_slot(slot, now, batch)
                 if not claimed:
@@ -302,8 +304,7 @@ class RetryService:
                 soon = {t for t in next_slots if t <= now + self.step}
                 dispatched = min(soon) if len(soon) == 1 else None
                 u.advance_many(steps, slot=slot, now=now, dispatched=dispatched)
-                for pending in u.end_many(endings, slot=slot, now=now):
-                    self._deliver_after_commit(u, pending)
+                self._deliver_after_commit(u, *u.end_many(endings, slot=slot, now=now))
                 if dispatched is not None:
                     u.after_commit(lambda t=dispatched: self._send_slot_once(t))  # type: ignore[misc]
             if len(claimed) < batch:
@@ -344,19 +345,23 @@ class RetryService:
         while len(self._slots_sent) > 256:
             self._slots_sent.pop(next(iter(self._slots_sent)))
 
-    def _deliver_after_commit(self, u: StoreUnit, outcome: PendingOutcome) -> None:
-        """Deliver a just-decided outcome once committed; the tick's relay covers failures."""
+    def _deliver_after_commit(self, u: StoreUnit, *outcomes: PendingOutcome) -> None:
+        """Deliver just-decided outcomes once committed; the tick's relay covers failures."""
+        if outcomes:
+            u.after_commit(lambda: self._deliver(outcomes))
 
-        def deliver() -> None:
+    def _deliver(self, outcomes: Sequence[PendingOutcome]) -> None:
+        sent = []
+        for outcome in outcomes:
             try:
                 self.gateway.deliver(outcome)
             except Exception:
                 log.exception("could not deliver %s; the relay will", outcome.idempotency_key)
-                return
-            with self.store.unit() as again:
-                again.mark_sent(outcome.id, self.clock.now())
-
-        u.after_commit(deliver)
+                break
+            sent.append(outcome.id)
+        if sent:
+            with self.store.unit() as u:
+                u.mark_sent_many(sent, self.clock.now())
 
     # -- the grid tick and the close ---------------------------------------------
     def tick(self) -> TickResult:
@@ -401,10 +406,7 @@ class RetryService:
         now = self.clock.now()
         with self.store.unit() as u:
             pending = u.pending_outcomes(limit, resend_before=now - self.step)
-        for outcome in pending:
-            self.gateway.deliver(outcome)
-            with self.store.unit() as u:
-                u.mark_sent(outcome.id, self.clock.now())
+        self._deliver(pending)
         return len(pending)
 
     def confirm_outcome(self, idempotency_key: str) -> bool:

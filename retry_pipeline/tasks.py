@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from retry_pipeline.calendar import BusinessCalendar, parse_instant
 from retry_pipeline.config import Settings
@@ -25,7 +25,7 @@ from retry_pipeline.service import RetryService
 
 log = logging.getLogger(__name__)
 
-app = Celery("retry_pipeline")
+app = Celery("retry_pipeline", task_cls="retry_pipeline.worker:DeadLetterTask")
 app.config_from_object("celeryconfig")
 
 
@@ -73,18 +73,22 @@ def _dead_letter(task: str, reason: str, payload: Any) -> dict[str, Any]:
 
 @app.task(
     name="retry_pipeline.report_missing",
-    autoretry_for=(DBAPIError,),
+    # The database is unreachable: try again (about an hour in all), then a dead letter.
+    autoretry_for=(OperationalError, InterfaceError),
     retry_backoff=True,
     retry_backoff_max=60,
-    max_retries=None,
+    max_retries=80,
 )
-def report_missing(payload: Any = None, **fields: Any) -> dict[str, Any]:
+def report_missing(*args: Any, **fields: Any) -> dict[str, Any]:
     """A missing-certificate report (R1, R3, R4): start, merge, or auto-correct at once."""
-    message = payload if payload is not None else fields
+    message: Any = args[0] if len(args) == 1 and not fields else fields
     try:
+        if len(args) > 1 or (args and fields):
+            message = {"args": list(args), "kwargs": fields}
+            raise InvalidReport(f"one report per message, got {len(args)} positional arguments")
         report = parse_report(message)
         accepted = service().accept_report(report)
-    except InvalidReport as exc:  # NotARetryTarget (R1) included
+    except InvalidReport as exc:  # NotARetryTarget (R1) and the skew check included
         return _dead_letter("retry_pipeline.report_missing", str(exc), message)
     return {
         "status": "retry" if accepted.retry else "auto_corrected",

@@ -8,9 +8,11 @@ dead-letter table (``retry-pipeline dead-letters``). Enabled with
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
+from celery import Task
 from celery.signals import task_rejected, task_unknown
 from celery.worker.consumer import Consumer
 
@@ -40,11 +42,47 @@ def keep_dead_letter(task: str, reason: str, message: Any) -> None:
 
 
 class DeadLetterConsumer(Consumer):  # type: ignore[misc]
-    """Celery's consumer, keeping undecodable messages as dead letters."""
+    """Celery's consumer, keeping undecodable and malformed messages as dead letters."""
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         keep_dead_letter("(undecodable)", f"{type(exc).__name__}: {exc}", message)
         super().on_decode_error(message, exc)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        handler = super().create_task_handler(*args, **kwargs)
+        connection_errors = tuple(self.connection_errors or ())
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                return handler(message)
+            except connection_errors:
+                raise
+            except Exception as exc:
+                # A body Celery cannot turn into a task (e.g. a JSON object instead of
+                # [args, kwargs, embed]) would crash the worker on every redelivery.
+                keep_dead_letter("(malformed)", f"{type(exc).__name__}: {exc}", message)
+                message.ack()
+
+        return on_task_received
+
+
+class DeadLetterTask(Task):  # type: ignore[misc]
+    """Base of the pipeline's tasks: a task that fails for good leaves a dead letter.
+
+    Covers what the task body cannot see: wrong arguments (a TypeError at call
+    time) and permanent database errors after the task's own retries.
+    """
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        try:
+            from retry_pipeline.tasks import service
+
+            svc = service()
+            raw = json.dumps({"args": args, "kwargs": kwargs}, ensure_ascii=False, default=str)
+            with svc.store.unit() as u:
+                u.add_dead_letter(self.name, f"{type(exc).__name__}: {exc}", raw, svc.clock.now())
+        except Exception:
+            log.exception("could not keep dead letter for failed %s %s", self.name, task_id)
 
 
 @task_unknown.connect

@@ -627,10 +627,15 @@ class StoreUnit:
 
     def mark_sent(self, outbox_id: int, now: datetime) -> None:
         """The relay handed the outcome to the broker."""
+        self.mark_sent_many([outbox_id], now)
+
+    def mark_sent_many(self, outbox_ids: Sequence[int], now: datetime) -> None:
+        """The relay handed these outcomes to the broker."""
         self.session.execute(
             update(OutboxRow)
-            .where(OutboxRow.id == outbox_id)
+            .where(OutboxRow.id.in_(list(outbox_ids)))
             .values(sent_at=now, send_count=OutboxRow.send_count + 1)
+            .execution_options(synchronize_session=False)
         )
 
     # -- dead letters ------------------------------------------------------------
