@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv/ and install the project (editable) with its test tools
 
-run: install  ## the main job: the plan of the notice's 08:36 example
-	$(BIN)/retry-pipeline plan --detected-at 2026-11-27T08:36:00+09:00
+run: install  ## the main job: a post-holiday morning of 300 applications through the real pipeline
+	$(BIN)/retry-pipeline demo --applications 300 --seed 7
 
 test: install  ## the whole suite (unit, integration, e2e)
 	$(BIN)/python -m pytest

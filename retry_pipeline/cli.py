@@ -122,10 +122,6 @@ def upgrade(revision: str) -> None:
     click.echo(f"database at {revision}", err=True)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 def _store() -> Any:
     from retry_pipeline.adapters.store import RetryStore
 
@@ -428,3 +424,7 @@ def demo(
     click.echo(demo_table(scenario, report))
     click.echo(f"report: {report_path}  scenario: {scenario_path}")
     click.echo(f"wall time {time.monotonic() - started:.0f} s at x{time_scale:g}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -127,13 +127,14 @@ class RetryService:
     def step(self) -> timedelta:
         return timedelta(minutes=self.calendar.settings.step_min)
 
-    def close_signals(self, around: datetime) -> list[datetime]:
+    def close_signals(self, around: datetime, unit: StoreUnit | None = None) -> list[datetime]:
         """Close signals from the day before ``around`` to a month after."""
         day = to_local(around).date()
+        first, last = day - timedelta(days=1), day + timedelta(days=SIGNAL_HORIZON_DAYS)
+        if unit is not None:
+            return unit.close_signals(first, last)
         with self.store.unit() as u:
-            return u.close_signals(
-                day - timedelta(days=1), day + timedelta(days=SIGNAL_HORIZON_DAYS)
-            )
+            return u.close_signals(first, last)
 
     # -- reports ---------------------------------------------------------------
     def accept_report(self, report: Report) -> Accepted:
@@ -145,8 +146,7 @@ class RetryService:
                 f"(now {now.isoformat()}, allowed skew {MAX_CLOCK_SKEW})"
             )
         admission = admit_report(report, self.calendar.settings)  # R1: may refuse
-        signals = self.close_signals(min(report.detected_at, now))
-        with self.store.unit() as u:
+        with self.store.unit() as u:  # one transaction per report
             existing = u.find_chain(report.subject.application, lock=True)
             ended = None if existing else u.last_ending(report.subject.application)
             if existing is not None:
@@ -163,12 +163,21 @@ class RetryService:
             elif not admission.retry:
                 accepted = self._auto_correct_now(u, report, admission.reason, now)
             else:
+                signals = self.close_signals(min(report.detected_at, now), u)
                 cursor = start_chain(report.detected_at, self.calendar, signals)
-                recorded = u.record_report(report, cursor, now)
+                soon = cursor.slot <= now + self.step  # DESIGN 2: countdowns stay within a slot
+                recorded = u.record_report(
+                    report,
+                    cursor,
+                    now,
+                    known_new=True,
+                    dispatched_for=cursor.slot if soon else None,
+                )
                 accepted = Accepted(
                     recorded.chain.chain_id, True, recorded.created, admission.reason, cursor.slot
                 )
-                self._maybe_countdown(u, recorded.chain, now)
+                if soon and recorded.created:
+                    u.after_commit(lambda: self._send_slot_once(cursor.slot))
         return accepted
 
     def _merge(self, u: StoreUnit, chain: Chain, report: Report, now: datetime) -> Accepted:
@@ -401,11 +410,11 @@ class RetryService:
         """DESIGN 5: deliver outcomes at least once, each always with its idempotency key.
 
         Never-sent outcomes go now; sent ones the examination side has not confirmed
-        go again once a slot has passed (the broker may have forgotten them).
+        go again once two slots have passed (the broker may have forgotten them).
         """
         now = self.clock.now()
         with self.store.unit() as u:
-            pending = u.pending_outcomes(limit, resend_before=now - self.step)
+            pending = u.pending_outcomes(limit, resend_before=now - 2 * self.step)
         self._deliver(pending)
         return len(pending)
 

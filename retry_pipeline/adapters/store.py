@@ -222,13 +222,25 @@ class StoreUnit:
         ]
 
     # -- writing -----------------------------------------------------------------
-    def record_report(self, report: Report, cursor: Cursor, now: datetime) -> Recorded:
-        """R4: insert the application's record, or merge into its live one."""
-        existing = self.find_chain(report.subject.application, lock=True)
+    def record_report(
+        self,
+        report: Report,
+        cursor: Cursor,
+        now: datetime,
+        *,
+        known_new: bool = False,
+        dispatched_for: datetime | None = None,
+    ) -> Recorded:
+        """R4: insert the application's record, or merge into its live one.
+
+        ``known_new``: the caller found no live record in this transaction already.
+        ``dispatched_for``: the slot whose attempt message the caller sends on commit.
+        """
+        existing = None if known_new else self.find_chain(report.subject.application, lock=True)
         if existing is None:
             try:
                 with self.session.begin_nested():
-                    return self._insert(report, cursor, now)
+                    return self._insert(report, cursor, now, dispatched_for)
             except IntegrityError:
                 # A concurrent report inserted it first: merge into that one.
                 existing = self.find_chain(report.subject.application, lock=True)
@@ -236,7 +248,9 @@ class StoreUnit:
                     raise
         return self._merge(existing, report, now)
 
-    def _insert(self, report: Report, cursor: Cursor, now: datetime) -> Recorded:
+    def _insert(
+        self, report: Report, cursor: Cursor, now: datetime, dispatched_for: datetime | None
+    ) -> Recorded:
         s = report.subject
         row = ChainRow(
             chain_id=uuid.uuid4().hex,
@@ -254,7 +268,7 @@ class StoreUnit:
             phase=cursor.phase.value,
             phase_used=cursor.used,
             next_slot=cursor.slot,
-            dispatched_for=None,
+            dispatched_for=dispatched_for,
             version=1,
             created_at=now,
             updated_at=now,

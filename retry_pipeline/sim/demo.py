@@ -124,7 +124,7 @@ def render_summary(s: DemoSummary) -> str:
         "",
         f"{'':44}{'without retry':>15}{'with retry':>13}",
         _row("auto-corrected (returned to the applicant)", n, corrected),
-        _row("  at once, at detection (R1/R3)", n, s.auto_corrected.get("0", 0)),
+        _row("  at once, at detection (R1/R3)", n, at_once),
         _row("  after the last attempt, same day (R8)", "-", corrected - at_once - next_day),
         _row("  at the one 08:30 attempt next day (R11)", "-", next_day),
         _row("resumed (pre-review runs again)", 0, s.resumed_total),

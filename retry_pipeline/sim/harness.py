@@ -121,7 +121,8 @@ class Run:
         self.private = start_private_redis(port)
 
     def start(self, name: str) -> None:
-        """Start (or restart) the worker or the beat."""
+        """Start (or restart) the worker or a beat; one process per name."""
+        self.stop(name)
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         celery = [sys.executable, "-m", "celery", "-A", "retry_pipeline.tasks"]
         if name == "worker":
@@ -146,6 +147,7 @@ class Run:
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
     def stop(self, name: str, *, kill: bool = False) -> None:
@@ -173,6 +175,17 @@ class Run:
         if not path.exists():
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when the harness dies, so nothing is left running."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _broker(options: Options) -> tuple[str, PrivateRedis | None]:
@@ -227,9 +240,12 @@ def run_simulation(
     say = progress or (lambda _msg: None)
     reports = scenario.report_messages()
     certificates = sorted(scenario.certificate_models(), key=lambda c: c.available_at)
+    # A certificate row carries the instant it reached Kei-MOTAS and attempts read "as
+    # of" their slot, so it is written one slot early: a lagging loop never misses it.
+    lead = timedelta(minutes=Settings().step_min)
     events = sorted(
         [(r.detected_at, 1, i) for i, r in enumerate(reports)]
-        + [(c.available_at, 0, i) for i, c in enumerate(certificates)]
+        + [(c.available_at - lead, 0, i) for i, c in enumerate(certificates)]
     )
     origin = min(r.detected_at for r in reports) - LEAD
     applications = sorted({r.application for r in reports})

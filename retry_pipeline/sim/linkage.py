@@ -5,8 +5,10 @@ holidays included; the linkage copies them into Kei-MOTAS on business days only,
 each kind on its own timetable and at most ``cap`` records a run, oldest first.
 After a long holiday the backlog takes the morning to drain, so an application
 filed during the holiday is pre-reviewed at 08:30 while its certificate still
-waits upstream: the case the notice's retry is for. Pure and seeded: the same
-arguments give the same scenario.
+waits upstream: the case the notice's retry is for. The insurance feed (自賠責)
+runs less often than the safety one (保適証), yet at least twice within six
+attempts, the notice's reason for six. Pure and seeded (``random.Random(seed)``,
+no I/O): the same arguments give the same scenario.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ MORNING_END = time(11, 30)
 ORPHAN_SHARE = 0.05  # certificate never registered upstream: auto-corrected even with retries
 NEW_SHARE = 0.06  # new inspections among the reports
 AFTERNOON_SHARE = 0.02  # detected near the close: parked, one attempt next day at 08:30
+COPY_MAX_S = 60  # a run ends at least 4 min before the next grid slot
 GROWTH_STEPS = 8  # population x1.5 each, when a short holiday gives too few reports
 OFFICES = ("TK-SHINAGAWA", "TK-NERIMA", "TK-ADACHI", "TK-HACHIOJI", "KN-YOKOHAMA", "ST-OMIYA")
 MODELS = ("JF3", "MK53S", "LA650S", "HA36S", "B44A", "DA17V", "MA37S", "LA900S")
@@ -65,7 +68,7 @@ class Feed:
 
 def copy_s(records: int) -> int:
     """How long a run takes; its batch is committed, so visible, at its end."""
-    return 20 + records // 2
+    return min(COPY_MAX_S, 20 + records // 2)
 
 
 def default_feeds(scale: float = 1.0) -> tuple[Feed, ...]:
@@ -79,7 +82,7 @@ def default_feeds(scale: float = 1.0) -> tuple[Feed, ...]:
         Feed(COMPLETION, time(8, 0), 10, cap(8)),
         # Less often, bigger batches: every 25 min, so six attempts (50 min from first
         # to last) always see two of its runs, the notice's reason for six.
-        Feed(INSURANCE, time(8, 3), 25, cap(320)),
+        Feed(INSURANCE, time(8, 5), 25, cap(320)),
     )
 
 
