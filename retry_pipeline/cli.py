@@ -39,6 +39,18 @@ def load_settings() -> Settings:
         raise click.UsageError(str(exc)) from None
 
 
+_TIME_SCALE = click.option(
+    "--time-scale",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(1, 10_000),
+    help="Simulated seconds per real second.",
+)
+_BROKER_URL = click.option(
+    "--broker-url", default=None, help="Redis URL (default: local, else a private one)."
+)
+
+
 @click.group()
 @click.version_option(package_name="retry-pipeline")
 def main() -> None:
@@ -130,14 +142,8 @@ def _store() -> Any:
 
 @main.command()
 @click.argument("scenario_file", type=click.Path(dir_okay=False))
-@click.option(
-    "--time-scale",
-    default=600.0,
-    show_default=True,
-    type=click.FloatRange(1, 10_000),
-    help="Simulated seconds per real second.",
-)
-@click.option("--broker-url", default=None, help="Redis URL (default: local, else a private one).")
+@_TIME_SCALE
+@_BROKER_URL
 @click.option(
     "--redis-db",
     default=13,
@@ -210,7 +216,7 @@ def simulate(
 @click.argument("scenario_file", type=click.Path(dir_okay=False))
 @click.option("--seeds", default="1,2", show_default=True, help="Fault seeds, comma-separated.")
 @click.option("--faults", default="", help="Faults to run (default: all of them).")
-@click.option("--time-scale", default=600.0, show_default=True, type=click.FloatRange(1, 10_000))
+@_TIME_SCALE
 @click.option(
     "--output",
     type=click.Path(dir_okay=False),
@@ -369,14 +375,8 @@ def post_holiday(applications: int, seed: int, day: datetime | None, output: str
 @_APPLICATIONS
 @_SEED
 @_DATE
-@click.option(
-    "--time-scale",
-    default=600.0,
-    show_default=True,
-    type=click.FloatRange(1, 10_000),
-    help="Simulated seconds per real second.",
-)
-@click.option("--broker-url", default=None, help="Redis URL (default: local, else a private one).")
+@_TIME_SCALE
+@_BROKER_URL
 @click.option(
     "--report",
     "report_file",

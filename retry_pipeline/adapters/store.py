@@ -430,18 +430,7 @@ class StoreUnit:
             ],
         )  # fmt: skip
         rows = [
-            OutboxRow(
-                chain_id=chain.chain_id,
-                idempotency_key=idempotency_key(chain.chain_id, outcome),
-                application=chain.subject.application,
-                office=chain.subject.office,
-                outcome=outcome.value,
-                missing=sorted_kinds(missing),
-                decided_at=slot,
-                created_at=now,
-                sent_at=None,
-                send_count=0,
-            )
+            _outbox_row(chain.chain_id, chain.subject, outcome, missing, slot, now)
             for chain, outcome, missing, _reason in endings
         ]
         self.session.add_all(rows)
@@ -549,18 +538,7 @@ class StoreUnit:
         now: datetime,
     ) -> PendingOutcome:
         """Write one outcome to the outbox; a second one for the chain fails (one ending)."""
-        row = OutboxRow(
-            chain_id=chain_id,
-            idempotency_key=idempotency_key(chain_id, outcome),
-            application=subject.application,
-            office=subject.office,
-            outcome=outcome.value,
-            missing=sorted_kinds(missing),
-            decided_at=decided_at,
-            created_at=now,
-            sent_at=None,
-            send_count=0,
-        )
+        row = _outbox_row(chain_id, subject, outcome, missing, decided_at, now)
         self.session.add(row)
         self.session.flush()
         return _pending(row)
@@ -725,6 +703,28 @@ class StoreUnit:
     ) -> None:
         values = self._history_values(chain, event, attempt_no, slot, missing, detail, now)
         self.session.add(HistoryRow(**values))
+
+
+def _outbox_row(
+    chain_id: str,
+    subject: Application,
+    outcome: Outcome,
+    missing: frozenset[CertificateKind],
+    decided_at: datetime,
+    now: datetime,
+) -> OutboxRow:
+    return OutboxRow(
+        chain_id=chain_id,
+        idempotency_key=idempotency_key(chain_id, outcome),
+        application=subject.application,
+        office=subject.office,
+        outcome=outcome.value,
+        missing=sorted_kinds(missing),
+        decided_at=decided_at,
+        created_at=now,
+        sent_at=None,
+        send_count=0,
+    )
 
 
 def _pending(row: OutboxRow) -> PendingOutcome:
