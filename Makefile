@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test unit integration e2e faults lint format clean
+.PHONY: install run test unit integration e2e faults bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
@@ -35,14 +35,17 @@ faults: install  ## the whole fault matrix, written to docs/reliability.md (seve
 	$(BIN)/retry-pipeline scenario post-holiday --applications 40 --seed 11 --output var/faults-scenario.json
 	$(BIN)/retry-pipeline fault-matrix var/faults-scenario.json --seeds 1,2 --output docs/reliability.md
 
+bench: install  ## the benchmark against a raw Celery no-op task (bench/results.json)
+	$(BIN)/python bench/run.py --output bench/results.json
+
 lint: install  ## ruff (lint + format check) and mypy strict on the package
-	$(BIN)/ruff check retry_pipeline tests alembic celeryconfig.py
-	$(BIN)/ruff format --check retry_pipeline tests alembic celeryconfig.py
+	$(BIN)/ruff check retry_pipeline tests alembic bench celeryconfig.py
+	$(BIN)/ruff format --check retry_pipeline tests alembic bench celeryconfig.py
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format retry_pipeline tests alembic celeryconfig.py
-	$(BIN)/ruff check --fix retry_pipeline tests alembic celeryconfig.py
+	$(BIN)/ruff format retry_pipeline tests alembic bench celeryconfig.py
+	$(BIN)/ruff check --fix retry_pipeline tests alembic bench celeryconfig.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.sqlite3*
