@@ -342,8 +342,12 @@ class RetryService:
             u.after_commit(lambda: self._send_slot_once(slot))
 
     def _send_slot_once(self, slot: datetime) -> None:
-        """One slot message per process and slot: a surge of reports sends a handful."""
-        if slot in self._slots_sent:
+        """One message per process for a future slot: a surge of reports sends a handful.
+
+        A slot that has come may have had its message run already (a catching-up
+        chain arrives after it), so a due slot is always sent again.
+        """
+        if slot in self._slots_sent and slot > self.clock.now():
             return
         try:
             self.dispatcher.send_slot(slot)

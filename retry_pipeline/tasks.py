@@ -136,7 +136,13 @@ def confirm_outcome(idempotency_key: str) -> bool:
     return service().confirm_outcome(str(idempotency_key))
 
 
-@app.task(name="retry_pipeline.close")
+@app.task(
+    name="retry_pipeline.close",
+    autoretry_for=(OperationalError, InterfaceError),  # R10 must not be lost to a DB outage
+    retry_backoff=True,
+    retry_backoff_max=30,
+    max_retries=60,
+)
 def close(at: str | None = None) -> int:
     """An explicit OSS close signal (R10); ``at`` defaults to now."""
     when = None

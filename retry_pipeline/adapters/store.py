@@ -189,6 +189,20 @@ class StoreUnit:
             return None
         return (row[0], row[1])
 
+    def count_reports_processed(self) -> int:
+        """Reports handled so far: each leaves one history line or one dead letter."""
+        by_report = or_(
+            HistoryRow.event.in_([Event.REPORTED, Event.MERGED, Event.DUPLICATE]),
+            (HistoryRow.event == Event.AUTO_CORRECTED) & HistoryRow.attempt_no.is_(None),
+        )
+        lines = self.session.scalar(select(func.count()).select_from(HistoryRow).where(by_report))
+        letters = self.session.scalar(
+            select(func.count())
+            .select_from(DeadLetterRow)
+            .where(DeadLetterRow.task == "retry_pipeline.report_missing")
+        )
+        return int(lines or 0) + int(letters or 0)
+
     def earliest_slot(self) -> datetime | None:
         """The soonest next attempt of any live chain."""
         return self.session.scalar(select(func.min(ChainRow.next_slot)))

@@ -91,6 +91,12 @@ class Run:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
+    reports_sent: int = 0
+
+    def send_report(self, body: dict[str, Any]) -> None:
+        """Send a report the way the examination worker does, and count it."""
+        report_missing(body, broker_url=self.broker_url, queue=self.queue)
+        self.reports_sent += 1
 
     @property
     def queue(self) -> str:
@@ -383,8 +389,9 @@ def _drive(
                     session.add(to_row(certificates[index]))
             else:
                 body = reports[index].model_dump(mode="json", exclude_none=True)
-                report_missing(body, broker_url=run.broker_url, queue=run.queue)
-        with store.unit() as u:
+                run.send_report(body)
+        with store.unit() as u:  # one snapshot: processed reports and the chains they made
+            processed = u.count_reports_processed()
             live = u.count_live()
             earliest = u.earliest_slot()
             unsent = u.count_pending_outcomes()
@@ -410,7 +417,8 @@ def _drive(
         )
         if injector.next_at is not None:
             nxt = min(nxt, injector.next_at) if nxt is not None else injector.next_at
-        if nxt is not None and nxt - now > IDLE_GAP and unsent == 0 and _queue_empty(run):
+        idle = unsent == 0 and _queue_empty(run) and processed >= run.reports_sent
+        if nxt is not None and nxt - now > IDLE_GAP and idle:
             target = nxt - LEAD
             say(f"idle until {format_instant(nxt)[:16]} JST: jumping")
             FileClock.write(run.clock_file, target, clock.scale)
@@ -472,7 +480,7 @@ def _injector(
         if not sent:
             return False
         again = rng.choice(sent).model_dump(mode="json", exclude_none=True)
-        report_missing(again, broker_url=run.broker_url, queue=run.queue)
+        run.send_report(again)
         return True
 
     def duplicate_attempt(now: datetime) -> bool:
