@@ -18,6 +18,7 @@ from typing import Any
 from celery import Celery
 
 REPORT_TASK = "retry_pipeline.report_missing"
+BATCH_TASK = "retry_pipeline.report_missing_batch"
 CLOSE_TASK = "retry_pipeline.close"
 DEFAULT_QUEUE = "retry_pipeline"
 
@@ -51,6 +52,28 @@ def report_missing(
     body = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in report.items()}
     result = (app or _app(broker_url)).send_task(REPORT_TASK, args=[body], queue=queue)
     return str(result.id)
+
+
+def report_missing_many(
+    reports: list[dict[str, Any]],
+    *,
+    broker_url: str | None = None,
+    queue: str = DEFAULT_QUEUE,
+    app: Celery | None = None,
+    batch: int = 200,
+) -> list[str]:
+    """Send many reports, ``batch`` per message (one transaction each); returns task ids."""
+    if not 1 <= batch <= 500:
+        raise ValueError("batch must be 1..500 reports per message")
+    sender = app or _app(broker_url)
+    ids = []
+    for start in range(0, len(reports), batch):
+        bodies = [
+            {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()}
+            for r in reports[start : start + batch]
+        ]
+        ids.append(str(sender.send_task(BATCH_TASK, args=[bodies], queue=queue).id))
+    return ids
 
 
 def send_close(

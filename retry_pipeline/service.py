@@ -22,7 +22,7 @@ from retry_pipeline.errors import InvalidReport, StoreError
 from retry_pipeline.model import Chain, Outcome, Report, sorted_kinds
 from retry_pipeline.policy import replan, start_chain
 from retry_pipeline.ports import CertificateRegistry
-from retry_pipeline.rules import admit_report
+from retry_pipeline.rules import Admission, admit_report
 
 log = logging.getLogger(__name__)
 
@@ -139,46 +139,74 @@ class RetryService:
     # -- reports ---------------------------------------------------------------
     def accept_report(self, report: Report) -> Accepted:
         """R1, R3, R4: start a chain, merge into the live one, or auto-correct at once."""
+        result = self.accept_reports([report])[0]
+        if isinstance(result, InvalidReport):
+            raise result
+        return result
+
+    def accept_reports(self, reports: Sequence[Report]) -> list[Accepted | InvalidReport]:
+        """``accept_report`` for many reports in one transaction (a batch message).
+
+        A refused report (R1, a detection time in the future) is returned as its
+        error and does not stop the others.
+        """
         now = self.clock.now()
+        results: list[Accepted | InvalidReport] = []
+        with self.store.unit() as u:  # one transaction for the whole batch
+            signals: list[datetime] | None = None
+            for report in reports:
+                try:
+                    admission = self._admit(report, now)
+                except InvalidReport as exc:
+                    results.append(exc)
+                    continue
+                if signals is None:
+                    earliest = min([now, *(r.detected_at for r in reports)])
+                    signals = self.close_signals(earliest, u)
+                results.append(self._accept_in(u, report, admission.retry, admission.reason,
+                                               signals, now))  # fmt: skip
+        return results
+
+    def _admit(self, report: Report, now: datetime) -> Admission:
         if report.detected_at > now + MAX_CLOCK_SKEW:
             raise InvalidReport(
                 f"detected_at {report.detected_at.isoformat()} is in the future "
                 f"(now {now.isoformat()}, allowed skew {MAX_CLOCK_SKEW})"
             )
-        admission = admit_report(report, self.calendar.settings)  # R1: may refuse
-        with self.store.unit() as u:  # one transaction per report
-            existing = u.find_chain(report.subject.application, lock=True)
-            ended = None if existing else u.last_ending(report.subject.application)
-            if existing is not None:
-                accepted = self._merge(u, existing, report, now)
-            elif ended is not None and report.detected_at <= ended[1]:
-                # Detected before the last decision: a redelivered or repeated report.
-                # A new detection comes after pre-review resumed, i.e. after that decision.
-                reason = f"duplicate report: already decided at {ended[1].isoformat()}"
-                u.log_immediate(
-                    ended[0], report.subject, Event.DUPLICATE, report.missing,
-                    report.detected_at, reason, now,
-                )  # fmt: skip
-                accepted = Accepted(ended[0], False, False, reason, None)
-            elif not admission.retry:
-                accepted = self._auto_correct_now(u, report, admission.reason, now)
-            else:
-                signals = self.close_signals(min(report.detected_at, now), u)
-                cursor = start_chain(report.detected_at, self.calendar, signals)
-                soon = cursor.slot <= now + self.step  # DESIGN 2: countdowns stay within a slot
-                recorded = u.record_report(
-                    report,
-                    cursor,
-                    now,
-                    known_new=True,
-                    dispatched_for=cursor.slot if soon else None,
-                )
-                accepted = Accepted(
-                    recorded.chain.chain_id, True, recorded.created, admission.reason, cursor.slot
-                )
-                if soon and recorded.created:
-                    u.after_commit(lambda: self._send_slot_once(cursor.slot))
-        return accepted
+        return admit_report(report, self.calendar.settings)  # R1: may refuse
+
+    def _accept_in(
+        self,
+        u: StoreUnit,
+        report: Report,
+        retry: bool,
+        reason: str,
+        signals: list[datetime],
+        now: datetime,
+    ) -> Accepted:
+        existing = u.find_chain(report.subject.application, lock=True)
+        ended = None if existing else u.last_ending(report.subject.application)
+        if existing is not None:
+            return self._merge(u, existing, report, now)
+        if ended is not None and report.detected_at <= ended[1]:
+            # Detected before the last decision: a redelivered or repeated report.
+            # A new detection comes after pre-review resumed, i.e. after that decision.
+            why = f"duplicate report: already decided at {ended[1].isoformat()}"
+            u.log_immediate(
+                ended[0], report.subject, Event.DUPLICATE, report.missing,
+                report.detected_at, why, now,
+            )  # fmt: skip
+            return Accepted(ended[0], False, False, why, None)
+        if not retry:
+            return self._auto_correct_now(u, report, reason, now)
+        cursor = start_chain(report.detected_at, self.calendar, signals)
+        soon = cursor.slot <= now + self.step  # DESIGN 2: countdowns stay within a slot
+        recorded = u.record_report(
+            report, cursor, now, known_new=True, dispatched_for=cursor.slot if soon else None
+        )
+        if soon and recorded.created:
+            u.after_commit(lambda: self._send_slot_once(cursor.slot))
+        return Accepted(recorded.chain.chain_id, True, recorded.created, reason, cursor.slot)
 
     def _merge(self, u: StoreUnit, chain: Chain, report: Report, now: datetime) -> Accepted:
         # R3: a certificate seen present (by pre-review or an attempt) and missing now.

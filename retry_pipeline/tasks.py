@@ -97,6 +97,37 @@ def report_missing(*args: Any, **fields: Any) -> dict[str, Any]:
     }
 
 
+MAX_BATCH = 500
+
+
+@app.task(
+    name="retry_pipeline.report_missing_batch",
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    retry_backoff_max=60,
+    max_retries=80,
+)
+def report_missing_batch(reports: Any) -> dict[str, int]:
+    """Many reports in one message and one transaction (``client.report_missing_many``)."""
+    task = "retry_pipeline.report_missing_batch"
+    if not isinstance(reports, list) or not 1 <= len(reports) <= MAX_BATCH:
+        _dead_letter(task, f"a batch is a list of 1..{MAX_BATCH} reports", reports)
+        return {"accepted": 0, "refused": 1}
+    parsed, refused = [], 0
+    for message in reports:
+        try:
+            parsed.append((message, parse_report(message)))
+        except InvalidReport as exc:
+            _dead_letter(task, str(exc), message)
+            refused += 1
+    results = service().accept_reports([report for _, report in parsed])
+    for (message, _), result in zip(parsed, results, strict=True):
+        if isinstance(result, InvalidReport):
+            _dead_letter(task, str(result), message)
+            refused += 1
+    return {"accepted": len(reports) - refused, "refused": refused}
+
+
 @app.task(name="retry_pipeline.attempt")
 def attempt(chain_id: str, attempt_no: int, slot: str) -> str:
     """One attempt of a chain (R8); a stale or duplicate message does nothing (DESIGN 3)."""

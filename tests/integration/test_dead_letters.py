@@ -610,3 +610,33 @@ def test_dead_letters_cli_text_output(worker: Worker, store: RetryStore, json_ap
     assert f"#{letter.id} " in result.stdout
     assert "reason:  procedure" in result.stdout
     assert mark in result.stdout
+
+
+def test_batch_message_accepts_the_good_and_dead_letters_the_bad(
+    worker: Worker, store: RetryStore, json_app: Celery
+) -> None:
+    """retry_pipeline.report_missing_batch (client.report_missing_many): one bad report in
+    a batch is kept as a dead letter; the others are accepted in the same message."""
+    from retry_pipeline.client import report_missing_many
+
+    mark = marker()
+    good = [report(f"{mark}-ok-{i}") for i in range(3)]
+    bad = report(f"{mark}-bad", procedure="transfer")
+    report_missing_many([*good, bad], app=json_app, queue=worker.queue)
+    letter = wait_letter(store, worker, f"{mark}-bad")
+    assert letter.task == "retry_pipeline.report_missing_batch"
+    assert "procedure" in letter.reason
+    wait_for(lambda: all(has_chain(store, r["application"]) for r in good), LETTER_TIMEOUT_S,
+             "the good reports' chains", worker)  # fmt: skip
+    assert not has_chain(store, f"{mark}-bad")
+
+
+def test_batch_message_that_is_not_a_list_becomes_a_dead_letter(
+    worker: Worker, store: RetryStore, json_app: Celery
+) -> None:
+    mark = marker()
+    send_args(json_app, worker.queue, {"not": "a list", "mark": mark},
+              task="retry_pipeline.report_missing_batch")  # fmt: skip
+    letter = wait_letter(store, worker, mark)
+    assert "list of 1..500" in letter.reason
+    assert worker.process.poll() is None  # the worker goes on

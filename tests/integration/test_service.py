@@ -23,7 +23,7 @@ from retry_pipeline.adapters.store import PendingOutcome, RetryStore
 from retry_pipeline.calendar import BusinessCalendar
 from retry_pipeline.clock import FixedClock
 from retry_pipeline.config import Settings
-from retry_pipeline.errors import NotARetryTarget
+from retry_pipeline.errors import InvalidReport, NotARetryTarget
 from retry_pipeline.model import (
     Application,
     Certificate,
@@ -37,7 +37,7 @@ from retry_pipeline.model import (
     SafetyCertificate,
 )
 from retry_pipeline.policy import Phase
-from retry_pipeline.service import Dispatch, RetryService
+from retry_pipeline.service import Accepted, Dispatch, RetryService
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 SAFETY = CertificateKind.SAFETY
@@ -1018,3 +1018,35 @@ def test_relay_delivers_an_attempts_outcome_after_a_gateway_failure(p: Pipeline)
     assert outcome.outcome is Outcome.RESUMED
     assert outcome.idempotency_key == f"{accepted.chain_id}:resumed"
     assert outcome.decided_at == datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)
+
+
+def test_batch_of_reports_is_one_transaction_with_per_report_outcomes(p: Pipeline) -> None:
+    """accept_reports: R4 merge within a batch, R1/skew refusals do not stop the others."""
+    one, two = continuous(), continuous()
+    p.at(datetime(2026, 11, 27, 8, 37, tzinfo=TOKYO))
+    batch = [
+        report(one, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO)),
+        report(two, {SAFETY}, datetime(2026, 11, 27, 9, 36, tzinfo=TOKYO)),  # an hour ahead
+        report(one, {INSURANCE}, datetime(2026, 11, 27, 8, 36, 30, tzinfo=TOKYO)),
+    ]
+    first, refused, merged = p.service.accept_reports(batch)
+    assert isinstance(first, Accepted) and first.created
+    assert isinstance(refused, InvalidReport) and "future" in str(refused)
+    assert isinstance(merged, Accepted) and merged.chain_id == first.chain_id
+    assert not merged.created  # R4: one record per application
+    chain = p.live(one.application)
+    assert chain.missing == frozenset({SAFETY, INSURANCE})
+    assert chain.cursor.slot == datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)
+    assert p.chain(two.application) is None
+    assert p.events(one.application) == ["reported", "merged"]
+
+
+def test_batch_report_duplicate_of_a_decided_chain_is_recorded_only(p: Pipeline) -> None:
+    subject = continuous()
+    same = report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO), {SAFETY})
+    p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
+    first, again = p.service.accept_reports([same, same])
+    assert isinstance(first, Accepted) and isinstance(again, Accepted)
+    assert not first.retry and not again.retry  # R3 at report time, then the duplicate
+    assert p.outbox_rows(subject.application) == 1
+    assert p.events(subject.application) == ["auto_corrected", "duplicate"]
