@@ -121,6 +121,9 @@ def render(rows: Sequence[Row], scenario: Scenario, seeds: Sequence[int], comman
         "Faults that take the beat down for more than two slots, or take away a countdown "
         "message, delay an attempt until the first grid tick after recovery, which sends "
         "every attempt that is due and not in flight, or a whole slot overdue.",
+        "- *process restarts*: processes that exited by themselves and were restarted by the "
+        "harness acting as supervisor (the worker exits when Redis restarts under it); "
+        "killed processes are restarted by the fault itself and not counted here.",
         "- Faults: "
         + "; ".join(f"`{f}`" for f in FAULTS)
         + " (see `retry_pipeline/sim/faults.py`).",
