@@ -151,21 +151,64 @@ class RetryService:
         error and does not stop the others.
         """
         now = self.clock.now()
-        results: list[Accepted | InvalidReport] = []
-        with self.store.unit() as u:  # one transaction for the whole batch
-            signals: list[datetime] | None = None
-            for report in reports:
-                try:
-                    admission = self._admit(report, now)
-                except InvalidReport as exc:
-                    results.append(exc)
-                    continue
-                if signals is None:
-                    earliest = min([now, *(r.detected_at for r in reports)])
-                    signals = self.close_signals(earliest, u)
-                results.append(self._accept_in(u, report, admission.retry, admission.reason,
-                                               signals, now))  # fmt: skip
-        return results
+        results: list[Accepted | InvalidReport | None] = [None] * len(reports)
+        admitted: list[tuple[int, Report, Admission]] = []
+        for index, report in enumerate(reports):
+            try:
+                admitted.append((index, report, self._admit(report, now)))
+            except InvalidReport as exc:
+                results[index] = exc
+        if admitted:
+            with self.store.unit() as u:  # one transaction for the whole batch
+                earliest = min([now, *(r.detected_at for _, r, _a in admitted)])
+                signals = self.close_signals(earliest, u)
+                apps = [r.subject.application for _, r, _a in admitted]
+                live = u.live_applications(apps)
+                decided = u.last_decisions(apps)
+                # The common case in bulk: a first report of an application with no record
+                # and no earlier decision. Anything else goes one by one, in order, after.
+                fresh, one_by_one = [], []
+                seen: set[str] = set()
+                for index, report, admission in admitted:
+                    app = report.subject.application
+                    if admission.retry and app not in live | seen and app not in decided:
+                        fresh.append((index, report, admission))
+                    else:
+                        one_by_one.append((index, report, admission))
+                    seen.add(app)
+                if not self._accept_fresh(u, fresh, signals, now, results):
+                    one_by_one = sorted(fresh + one_by_one, key=lambda item: item[0])
+                for index, report, admission in one_by_one:
+                    results[index] = self._accept_in(
+                        u, report, admission.retry, admission.reason, signals, now
+                    )
+        assert all(r is not None for r in results)
+        return [r for r in results if r is not None]
+
+    def _accept_fresh(
+        self,
+        u: StoreUnit,
+        fresh: list[tuple[int, Report, Admission]],
+        signals: list[datetime],
+        now: datetime,
+        results: list[Accepted | InvalidReport | None],
+    ) -> bool:
+        """Bulk-insert first reports; False if a concurrent report got in first."""
+        items = []
+        for _index, report, _admission in fresh:
+            cursor = start_chain(report.detected_at, self.calendar, signals)
+            soon = cursor.slot <= now + self.step  # DESIGN 2: countdowns stay within a slot
+            items.append((report, cursor, cursor.slot if soon else None))
+        chain_ids = u.insert_reports(items, now)
+        if chain_ids is None:
+            return False
+        for (index, _report, admission), (_r, cursor, _soon), chain_id in zip(
+            fresh, items, chain_ids, strict=True
+        ):
+            results[index] = Accepted(chain_id, True, True, admission.reason, cursor.slot)
+        for slot in sorted({d for _r, _c, d in items if d is not None}):
+            u.after_commit(lambda t=slot: self._send_slot_once(t))  # type: ignore[misc]
+        return True
 
     def _admit(self, report: Report, now: datetime) -> Admission:
         if report.detected_at > now + MAX_CLOCK_SKEW:

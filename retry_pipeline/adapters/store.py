@@ -342,6 +342,75 @@ class StoreUnit:
             return None
         return self.get_chain(chain_id, lock=True)
 
+    def live_applications(self, applications: Sequence[str]) -> set[str]:
+        """Which of these applications have a live record (R4), in one query."""
+        found: set[str] = set()
+        for start in range(0, len(applications), 500):
+            part = list(applications[start : start + 500])
+            found.update(
+                self.session.scalars(
+                    select(ChainRow.application).where(ChainRow.application.in_(part))
+                )
+            )
+        return found
+
+    def last_decisions(self, applications: Sequence[str]) -> dict[str, datetime]:
+        """When each of these applications was last decided, if ever, in one query."""
+        out: dict[str, datetime] = {}
+        for start in range(0, len(applications), 500):
+            part = list(applications[start : start + 500])
+            stmt = (
+                select(HistoryRow.application, func.max(HistoryRow.slot))
+                .where(
+                    HistoryRow.application.in_(part),
+                    HistoryRow.event.in_([Event.RESUMED, Event.AUTO_CORRECTED]),
+                )
+                .group_by(HistoryRow.application)
+            )
+            out.update({app: at for app, at in self.session.execute(stmt) if at is not None})
+        return out
+
+    def insert_reports(
+        self, items: Sequence[tuple[Report, Cursor, datetime | None]], now: datetime
+    ) -> list[str] | None:
+        """New records for reports of applications known to have none (bulk; R4, R5).
+
+        None, with nothing written, when another transaction inserted one meanwhile.
+        """
+        chains = []
+        for report, cursor, dispatched_for in items:
+            s = report.subject
+            chains.append({
+                "chain_id": uuid.uuid4().hex, "application": s.application, "office": s.office,
+                "procedure": s.procedure.value, "vehicle": s.vehicle, "insurer_id": s.insurer_id,
+                "insurance_no": s.insurance_no, "missing": sorted_kinds(report.missing),
+                "found": [], "confirmed": sorted_kinds(report.confirmed),
+                "detected_at": report.detected_at, "attempts_made": 0,
+                "phase": cursor.phase.value, "phase_used": cursor.used, "next_slot": cursor.slot,
+                "dispatched_for": dispatched_for, "version": 1, "created_at": now,
+                "updated_at": now,
+            })  # fmt: skip
+        if not chains:
+            return []
+        try:
+            with self.session.begin_nested():
+                self.session.execute(insert(ChainRow), chains)
+        except IntegrityError:
+            return None  # a concurrent report created one of them: the caller goes one by one
+        self.session.execute(
+            insert(HistoryRow),
+            [
+                {
+                    "chain_id": row["chain_id"], "application": row["application"],
+                    "office": row["office"], "event": Event.REPORTED, "attempt_no": None,
+                    "slot": cursor.slot, "missing": row["missing"], "recorded_at": now,
+                    "detail": "parked (R12)" if cursor.parked else f"phase {cursor.phase.value}",
+                }
+                for row, (_report, cursor, _d) in zip(chains, items, strict=True)
+            ],
+        )  # fmt: skip
+        return [str(row["chain_id"]) for row in chains]
+
     def claim_slot(self, slot: datetime, now: datetime, limit: int) -> list[Chain]:
         """Claim up to ``limit`` chains whose next attempt is at ``slot`` (batch of DESIGN 3).
 
