@@ -421,8 +421,7 @@ class StoreUnit:
         stmt = (
             select(ChainRow)
             .where(ChainRow.next_slot == slot)
-            .order_by(ChainRow.chain_id)
-            .limit(limit)
+            .limit(limit)  # no ORDER BY: the next_slot index hands out the rest without a sort
             .execution_options(populate_existing=True)
         )
         if self.session.get_bind().dialect.name != "sqlite":
