@@ -19,7 +19,13 @@ from retry_pipeline.attempts import decide_attempt, kinds_to_check
 from retry_pipeline.calendar import BusinessCalendar, to_local
 from retry_pipeline.clock import Clock
 from retry_pipeline.errors import InvalidReport, StoreError
-from retry_pipeline.model import Chain, Outcome, Report, sorted_kinds
+from retry_pipeline.model import (
+    PORTAL_STATUS_UNDER_REVIEW,
+    Chain,
+    Outcome,
+    Report,
+    sorted_kinds,
+)
 from retry_pipeline.policy import replan, start_chain
 from retry_pipeline.ports import CertificateRegistry
 from retry_pipeline.rules import Admission, admit_report
@@ -492,6 +498,13 @@ class RetryService:
             pending = u.pending_outcomes(limit, resend_before=now - 2 * self.step)
         self._deliver(pending)
         return len(pending)
+
+    def portal_status(self, application: str) -> str | None:
+        """R14: 「検査申請審査中」 while the application's chain is live; None otherwise
+        (the examination side's own status applies). Nothing about retries is shown."""
+        with self.store.unit() as u:
+            live = u.find_chain(application) is not None
+        return PORTAL_STATUS_UNDER_REVIEW if live else None
 
     def confirm_outcome(self, idempotency_key: str) -> bool:
         """The examination side acknowledges an outcome: stop re-sending it."""

@@ -1050,3 +1050,23 @@ def test_batch_report_duplicate_of_a_decided_chain_is_recorded_only(p: Pipeline)
     assert not first.retry and not again.retry  # R3 at report time, then the duplicate
     assert p.outbox_rows(subject.application) == 1
     assert p.events(subject.application) == ["auto_corrected", "duplicate"]
+
+
+def test_r14_portal_status_stays_under_review_while_the_chain_is_live(p: Pipeline) -> None:
+    subject = continuous()
+    p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
+    assert p.service.portal_status(subject.application) is None  # not ours to say
+    p.service.accept_report(report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO)))
+    assert p.service.portal_status(subject.application) == "検査申請審査中"
+    for minute in (40, 50):
+        p.at(datetime(2026, 11, 27, 8, minute, 1, tzinfo=TOKYO))
+        p.service.run_slot(datetime(2026, 11, 27, 8, minute, tzinfo=TOKYO))
+        assert p.service.portal_status(subject.application) == "検査申請審査中"
+    arrived = datetime(2026, 11, 27, 8, 55, tzinfo=TOKYO)
+    p.insert(safety_for(subject, arrived, insurance_no="NO-R14"))
+    p.insert(insurance("INS-1", "NO-R14", arrived))
+    p.at(datetime(2026, 11, 27, 9, 0, 1, tzinfo=TOKYO))
+    p.service.run_slot(datetime(2026, 11, 27, 9, 0, tzinfo=TOKYO))
+    assert p.chain(subject.application) is None
+    assert one_outcome(p).outcome is Outcome.RESUMED
+    assert p.service.portal_status(subject.application) is None
