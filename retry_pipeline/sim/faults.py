@@ -11,8 +11,19 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
+import redis
+
+from retry_pipeline.adapters.celery_io import CeleryDispatcher
+from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.calendar import BusinessCalendar, to_local
+from retry_pipeline.clock import FileClock
+from retry_pipeline.config import Settings
+from retry_pipeline.policy import plan_attempts
+from retry_pipeline.service import Dispatch
+from retry_pipeline.sim.processes import Progress, Run, client_app, queue_empty
+from retry_pipeline.sim.scenario import Scenario
 
 FAULTS = (
     "kill-worker",  # SIGKILL the worker (holding countdowns, maybe mid-transaction)
@@ -147,3 +158,88 @@ class Injector:
             self.plan.pop(0)
             self.stats.count(injection.fault, live)
             self.say(f"fault {injection.fault} at {to_local(now).isoformat()[:19]} ({live} live)")
+
+
+def build_injector(
+    scenario: Scenario,
+    reports: list[Any],
+    run: Run,
+    store: RetryStore,
+    clock: FileClock,
+    faults: Sequence[str],
+    fault_seed: int,
+    say: Progress,
+) -> Injector:
+    """Plan the faults from the seed over the days the scenario can touch, with actions."""
+    calendar = BusinessCalendar(Settings())
+    signals = list(scenario.close_signals)
+    start = min(r.detected_at for r in reports)
+    end = max(plan_attempts(r.detected_at, calendar, signals).auto_correct_at for r in reports)
+    plan = plan_injections(faults, fault_seed, calendar, start, end)
+    rng = random.Random(fault_seed)
+    step = timedelta(minutes=calendar.settings.step_min)
+    injector: Injector
+
+    def kill_worker(_now: datetime) -> bool:
+        run.stop("worker", kill=True)
+        run.start("worker")  # the supervisor restarts it at once
+        return True
+
+    def kill_beat(now: datetime) -> bool:
+        run.stop("beat", kill=True)
+        injector.defer(now + 2 * step + step / 2, lambda: run.start("beat"))
+        return True
+
+    def two_beats(now: datetime) -> bool:
+        run.start("beat2")
+        injector.defer(now + 3 * step, lambda: run.stop("beat2"))
+        return True
+
+    def flush_redis(_now: datetime) -> bool:
+        if not queue_empty(run):
+            return False  # a report still in the broker is the sender's to re-send
+        client = redis.Redis.from_url(run.broker_url)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+        return True
+
+    def restart_redis(_now: datetime) -> bool:
+        if not queue_empty(run):
+            return False
+        run.restart_redis()
+        return True
+
+    def duplicate_report(now: datetime) -> bool:
+        sent = [r for r in reports if r.detected_at <= now]
+        if not sent:
+            return False
+        again = rng.choice(sent).model_dump(mode="json", exclude_none=True)
+        run.send_report(again)
+        return True
+
+    def duplicate_attempt(now: datetime) -> bool:
+        with store.unit() as u:
+            chains = u.due_chains(now + step, limit=1)
+        if not chains:
+            return True  # nothing live to duplicate: counted, harmless
+        chain = chains[0]
+        dispatcher = CeleryDispatcher(client_app(run.broker_url), clock, Settings(queue=run.queue))
+        for _ in range(2):
+            dispatcher.send_attempt(
+                Dispatch(chain.chain_id, chain.next_attempt_no, chain.cursor.slot)
+            )
+        return True
+
+    def live_count() -> int:
+        with store.unit() as u:
+            return u.count_live()
+
+    actions = {
+        "kill-worker": kill_worker, "kill-beat": kill_beat, "two-beats": two_beats,
+        "flush-redis": flush_redis, "restart-redis": restart_redis,
+        "duplicate-report": duplicate_report, "duplicate-attempt": duplicate_attempt,
+    }  # fmt: skip
+    injector = Injector(plan, actions, live_count, say)
+    return injector

@@ -1,0 +1,190 @@
+"""The processes of a simulation: worker and beat under a small supervisor, and the broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from celery import Celery
+
+from retry_pipeline.client import report_missing
+from retry_pipeline.config import PREFIX
+from retry_pipeline.errors import RetryPipelineError
+from retry_pipeline.sim.redis_server import PrivateRedis, answers, start_private_redis
+
+MAX_RESTARTS = 30
+
+Progress = Callable[[str], None]
+
+
+class SimulationError(RetryPipelineError):
+    """The simulation could not run or did not finish in time."""
+
+
+@dataclass
+class Run:
+    """A running simulation: its processes and where they talk."""
+
+    workdir: Path
+    database_url: str
+    broker_url: str
+    clock_file: Path
+    env: dict[str, str]
+    concurrency: int
+    loglevel: str = "WARNING"
+    private: PrivateRedis | None = None
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
+    reports_sent: int = 0
+
+    def send_report(self, body: dict[str, Any]) -> None:
+        """Send a report the way the examination worker does, and count it."""
+        report_missing(body, broker_url=self.broker_url, queue=self.queue)
+        self.reports_sent += 1
+
+    @property
+    def queue(self) -> str:
+        """This run's own queue: runs sharing a Redis database never meet."""
+        return f"sim-{self.run_id}-retry_pipeline"
+
+    @property
+    def examination_queue(self) -> str:
+        return f"sim-{self.run_id}-examination"
+
+    def supervise(self, say: Progress) -> None:
+        """Restart a worker or beat that died, as systemd or compose would."""
+        for name, proc in list(self.processes.items()):
+            if proc.poll() is None:
+                continue
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            if self.restarts[name] > MAX_RESTARTS:
+                raise SimulationError(f"{name} keeps dying:\n" + self.log_tail(name))
+            say(f"{name} exited ({proc.returncode}); restarting it")
+            self.start(name)
+
+    def restart_redis(self) -> None:
+        """Restart the private redis-server on its port, without persistence."""
+        if self.private is None:
+            raise SimulationError("restart-redis needs the private Redis")
+        port = self.private.port
+        self.private.stop()
+        self.private = start_private_redis(port)
+
+    def start(self, name: str) -> None:
+        """Start (or restart) the worker or a beat; one process per name."""
+        self.stop(name)
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        celery = [sys.executable, "-m", "celery", "-A", "retry_pipeline.tasks"]
+        if name == "worker":
+            node = f"sim-{os.getpid()}-{time.monotonic_ns()}@%h"  # a fresh node per (re)start
+            cmd = [
+                *celery, "worker", "-Q", f"{self.queue},{self.examination_queue}", "-n", node,
+                *f"-c {self.concurrency} -P prefork -I retry_pipeline.sim.examination".split(),
+                *f"--without-gossip --without-mingle --loglevel {self.loglevel}".split(),
+            ]  # fmt: skip
+        else:
+            schedule = str(self.workdir / f"{name}-schedule")
+            cmd = [*celery, "beat", "-s", schedule, "--loglevel", self.loglevel]
+        env = {
+            **self.env,
+            f"{PREFIX}QUEUE": self.queue,
+            f"{PREFIX}EXAMINATION_QUEUE": self.examination_queue,
+        }
+        self.processes[name] = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+
+    def stop(self, name: str, *, kill: bool = False) -> None:
+        """Stop one process (SIGKILL with ``kill``), its children included."""
+        proc = self.processes.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        sig = signal.SIGKILL if kill else signal.SIGTERM
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.workdir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when the harness dies, so nothing is left running."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def choose_broker(
+    broker_url: str | None, redis_db: int, private_only: bool
+) -> tuple[str, PrivateRedis | None]:
+    """The Redis to use: the given or local one on ``redis_db``, else a private server."""
+    base = broker_url or os.environ.get(f"{PREFIX}BROKER_URL") or "redis://127.0.0.1:6379/0"
+    if answers(base) and not private_only:
+        return urlunsplit(urlsplit(base)._replace(path=f"/{redis_db}")), None
+    private = start_private_redis()
+    return private.url, private
+
+
+def wait_ready(broker_url: str, run: Run, deadline_s: float) -> None:
+    probe = Celery("sim-probe", broker=broker_url, set_as_current=False)
+    probe.conf.update(accept_content=["json"], broker_connection_retry_on_startup=True)
+    end = time.monotonic() + deadline_s
+    try:
+        while time.monotonic() < end:
+            proc = run.processes.get("worker")
+            if proc is not None and proc.poll() is not None:
+                raise SimulationError("worker exited at start:\n" + run.log_tail("worker"))
+            if probe.control.ping(timeout=0.5):
+                return
+        raise SimulationError("worker did not answer in time:\n" + run.log_tail("worker"))
+    finally:
+        probe.close()
+
+
+def client_app(broker_url: str) -> Celery:
+    app = Celery("sim-client", broker=broker_url, set_as_current=False)
+    app.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True)
+    return app
+
+
+def queue_empty(run: Run) -> bool:
+    client = redis.Redis.from_url(run.broker_url)
+    try:
+        return int(client.llen(run.queue)) == 0
+    finally:
+        client.close()
