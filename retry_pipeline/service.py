@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from retry_pipeline.adapters.store import Event, PendingOutcome, RetryStore, StoreUnit
+from retry_pipeline.adapters.outbox import PendingOutcome
+from retry_pipeline.adapters.store import Event, RetryStore, StoreUnit
 from retry_pipeline.attempts import decide_attempt, kinds_to_check
 from retry_pipeline.calendar import BusinessCalendar, to_local
 from retry_pipeline.clock import Clock

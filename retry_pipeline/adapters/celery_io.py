@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from retry_pipeline.adapters.store import PendingOutcome
+from retry_pipeline.adapters.outbox import PendingOutcome
 from retry_pipeline.calendar import format_instant
 from retry_pipeline.clock import Clock
 from retry_pipeline.config import Settings

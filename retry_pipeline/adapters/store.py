@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 
-from sqlalchemy import ColumnElement, Engine, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,7 +23,12 @@ from retry_pipeline.adapters.orm import (
     CloseSignalRow,
     DeadLetterRow,
     HistoryRow,
-    OutboxRow,
+)
+from retry_pipeline.adapters.outbox import (
+    OutboxUnit,
+    PendingOutcome,
+    outbox_row,
+    pending_outcome,
 )
 from retry_pipeline.calendar import to_local
 from retry_pipeline.errors import StoreError
@@ -72,21 +77,6 @@ class DeadLetter:
     received_at: datetime
 
 
-@dataclass(frozen=True)
-class PendingOutcome:
-    """An outbox row the relay has to deliver."""
-
-    id: int
-    chain_id: str
-    idempotency_key: str
-    application: str
-    office: str
-    outcome: Outcome
-    missing: tuple[str, ...]
-    decided_at: datetime
-    send_count: int
-
-
 def _kinds(values: Iterable[str]) -> frozenset[CertificateKind]:
     return frozenset(CertificateKind(v) for v in values)
 
@@ -115,12 +105,7 @@ def to_chain(row: ChainRow) -> Chain:
     )
 
 
-def idempotency_key(chain_id: str, outcome: Outcome) -> str:
-    """The key every delivery of a chain's outcome carries (DESIGN 5)."""
-    return f"{chain_id}:{outcome.value}"
-
-
-class StoreUnit:
+class StoreUnit(OutboxUnit):
     """One transaction over the retry table, its history and outbox."""
 
     def __init__(self, session: Session) -> None:
@@ -206,11 +191,6 @@ class StoreUnit:
     def earliest_slot(self) -> datetime | None:
         """The soonest next attempt of any live chain."""
         return self.session.scalar(select(func.min(ChainRow.next_slot)))
-
-    def count_pending_outcomes(self) -> int:
-        """Outcomes the examination side has not confirmed yet."""
-        stmt = select(func.count()).select_from(OutboxRow).where(OutboxRow.confirmed_at.is_(None))
-        return int(self.session.scalar(stmt) or 0)
 
     def history(
         self, *, application: str | None = None, office: str | None = None
@@ -512,12 +492,12 @@ class StoreUnit:
             ],
         )  # fmt: skip
         rows = [
-            _outbox_row(chain.chain_id, chain.subject, outcome, missing, slot, now)
+            outbox_row(chain.chain_id, chain.subject, outcome, missing, slot, now)
             for chain, outcome, missing, _reason in endings
         ]
         self.session.add_all(rows)
         self.session.flush()
-        return [_pending(r) for r in rows]
+        return [pending_outcome(r) for r in rows]
 
     def mark_dispatched_many(self, chain_ids: Sequence[str], slot: datetime) -> None:
         """The tick sent the attempt of ``slot`` for these chains."""
@@ -609,41 +589,6 @@ class StoreUnit:
             chain.chain_id, chain.subject, outcome, missing=missing, decided_at=decided_at, now=now
         )
 
-    def add_outcome(
-        self,
-        chain_id: str,
-        subject: Application,
-        outcome: Outcome,
-        *,
-        missing: frozenset[CertificateKind],
-        decided_at: datetime,
-        now: datetime,
-    ) -> PendingOutcome:
-        """Write one outcome to the outbox; a second one for the chain fails (one ending)."""
-        row = _outbox_row(chain_id, subject, outcome, missing, decided_at, now)
-        self.session.add(row)
-        self.session.flush()
-        return _pending(row)
-
-    def add_outcome_once(
-        self,
-        chain_id: str,
-        subject: Application,
-        outcome: Outcome,
-        *,
-        missing: frozenset[CertificateKind],
-        decided_at: datetime,
-        now: datetime,
-    ) -> PendingOutcome | None:
-        """As ``add_outcome``; None when the chain already has its outcome (a duplicate)."""
-        try:
-            with self.session.begin_nested():
-                return self.add_outcome(
-                    chain_id, subject, outcome, missing=missing, decided_at=decided_at, now=now
-                )
-        except IntegrityError:
-            return None
-
     def after_commit(self, action: Callable[[], None]) -> None:
         """Run ``action`` once this unit has committed; never when it rolls back."""
         self.on_commit.append(action)
@@ -671,45 +616,6 @@ class StoreUnit:
                 detail=detail[:500],
                 recorded_at=now,
             )
-        )
-
-    # -- outbox ------------------------------------------------------------------
-    def pending_outcomes(
-        self, limit: int = 100, *, resend_before: datetime | None = None
-    ) -> list[PendingOutcome]:
-        """Outcomes never sent, or sent before ``resend_before`` and not confirmed; oldest first."""
-        due: ColumnElement[bool] = OutboxRow.sent_at.is_(None)
-        if resend_before is not None:
-            due = or_(due, OutboxRow.sent_at < resend_before)
-        stmt = (
-            select(OutboxRow)
-            .where(OutboxRow.confirmed_at.is_(None), due)
-            .order_by(OutboxRow.id)
-            .limit(limit)
-        )
-        return [_pending(r) for r in self.session.scalars(stmt)]
-
-    def confirm_outcome(self, idempotency_key: str, now: datetime) -> bool:
-        """The examination side has the outcome; False for an unknown key."""
-        result = self.session.execute(
-            update(OutboxRow)
-            .where(OutboxRow.idempotency_key == idempotency_key)
-            .values(confirmed_at=func.coalesce(OutboxRow.confirmed_at, now))
-            .execution_options(synchronize_session=False)
-        )
-        return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
-
-    def mark_sent(self, outbox_id: int, now: datetime) -> None:
-        """The relay handed the outcome to the broker."""
-        self.mark_sent_many([outbox_id], now)
-
-    def mark_sent_many(self, outbox_ids: Sequence[int], now: datetime) -> None:
-        """The relay handed these outcomes to the broker."""
-        self.session.execute(
-            update(OutboxRow)
-            .where(OutboxRow.id.in_(list(outbox_ids)))
-            .values(sent_at=now, send_count=OutboxRow.send_count + 1)
-            .execution_options(synchronize_session=False)
         )
 
     # -- dead letters ------------------------------------------------------------
@@ -785,42 +691,6 @@ class StoreUnit:
     ) -> None:
         values = self._history_values(chain, event, attempt_no, slot, missing, detail, now)
         self.session.add(HistoryRow(**values))
-
-
-def _outbox_row(
-    chain_id: str,
-    subject: Application,
-    outcome: Outcome,
-    missing: frozenset[CertificateKind],
-    decided_at: datetime,
-    now: datetime,
-) -> OutboxRow:
-    return OutboxRow(
-        chain_id=chain_id,
-        idempotency_key=idempotency_key(chain_id, outcome),
-        application=subject.application,
-        office=subject.office,
-        outcome=outcome.value,
-        missing=sorted_kinds(missing),
-        decided_at=decided_at,
-        created_at=now,
-        sent_at=None,
-        send_count=0,
-    )
-
-
-def _pending(row: OutboxRow) -> PendingOutcome:
-    return PendingOutcome(
-        id=row.id,
-        chain_id=row.chain_id,
-        idempotency_key=row.idempotency_key,
-        application=row.application,
-        office=row.office,
-        outcome=Outcome(row.outcome),
-        missing=tuple(row.missing),
-        decided_at=row.decided_at,
-        send_count=row.send_count,
-    )
 
 
 class RetryStore:

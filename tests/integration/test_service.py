@@ -18,8 +18,9 @@ from sqlalchemy import func, select
 
 from retry_pipeline.adapters.db import make_engine, make_sessions
 from retry_pipeline.adapters.orm import OutboxRow
+from retry_pipeline.adapters.outbox import PendingOutcome
 from retry_pipeline.adapters.registry import SqlCertificateRegistry, to_row
-from retry_pipeline.adapters.store import PendingOutcome, RetryStore
+from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.calendar import BusinessCalendar
 from retry_pipeline.clock import FixedClock
 from retry_pipeline.config import Settings

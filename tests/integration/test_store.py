@@ -15,7 +15,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from retry_pipeline.adapters.orm import ChainRow, HistoryRow, OutboxRow
-from retry_pipeline.adapters.store import RetryStore, idempotency_key
+from retry_pipeline.adapters.outbox import idempotency_key
+from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.calendar import BusinessCalendar
 from retry_pipeline.errors import StoreError
 from retry_pipeline.model import (
