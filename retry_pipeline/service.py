@@ -274,7 +274,7 @@ class RetryService:
             self._deliver_after_commit(u, ended)
             return Accepted(chain.chain_id, False, False, reason, None)
         # R4 and R16: merge into the live chain; it is never restarted or cancelled.
-        u.record_report(report, chain.cursor, now)
+        u.merge_report(chain, report, now)  # the chain was read, locked, in this unit
         return Accepted(chain.chain_id, True, False, "R4: merged", chain.cursor.slot)
 
     def _auto_correct_now(

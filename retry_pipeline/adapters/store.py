@@ -240,7 +240,7 @@ class StoreUnit(OutboxUnit):
                 existing = self.find_chain(report.subject.application, lock=True)
                 if existing is None:
                     raise
-        return self._merge(existing, report, now)
+        return self.merge_report(existing, report, now)
 
     def _insert(
         self, report: Report, cursor: Cursor, now: datetime, dispatched_for: datetime | None
@@ -274,7 +274,8 @@ class StoreUnit(OutboxUnit):
         self._log(chain, Event.REPORTED, None, cursor.slot, report.missing, detail, now)
         return Recorded(chain, True, report.missing)
 
-    def _merge(self, chain: Chain, report: Report, now: datetime) -> Recorded:
+    def merge_report(self, chain: Chain, report: Report, now: datetime) -> Recorded:
+        """R4: add a report's certificates to the live ``chain`` (read in this unit)."""
         added = report.missing - chain.missing
         missing = chain.missing | report.missing
         confirmed = chain.confirmed | report.confirmed
