@@ -1,16 +1,16 @@
-"""Celery settings only (DESIGN 9); rule settings live in retry_pipeline/config.py.
+"""Celery settings only (DESIGN 9), derived from the same ``RETRY_PIPELINE_*`` settings as the rest.
 
 Read by ``retry_pipeline.tasks`` with ``app.config_from_object("celeryconfig")``.
 Secrets (a Redis password in the URL) come only from the environment.
 """
 
-import os
-
 from kombu import Exchange, Queue
 
-_env = os.environ.get
+from retry_pipeline.config import Settings
 
-broker_url = _env("RETRY_PIPELINE_BROKER_URL", "redis://127.0.0.1:6379/0")
+_settings = Settings.from_env()
+
+broker_url = _settings.broker_url
 
 # JSON only; pickle is refused by configuration.
 task_serializer = "json"
@@ -26,15 +26,12 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 
-# Countdowns never exceed one slot (10 min); redelivery after an hour is far beyond that.
 # Simulations on a scaled clock set a few real seconds (still above one slot).
-broker_transport_options = {
-    "visibility_timeout": int(_env("RETRY_PIPELINE_VISIBILITY_TIMEOUT_S", "3600")),
-}
+broker_transport_options = {"visibility_timeout": _settings.visibility_timeout_s}
 broker_connection_retry_on_startup = True
 
-_queue = _env("RETRY_PIPELINE_QUEUE", "retry_pipeline")
-_examination = _env("RETRY_PIPELINE_EXAMINATION_QUEUE", "examination")
+_queue = _settings.queue
+_examination = _settings.examination_queue
 task_default_queue = _queue
 task_queues = (
     Queue(_queue, Exchange(_queue), routing_key=_queue),

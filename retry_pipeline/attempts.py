@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from retry_pipeline.calendar import BusinessCalendar
-from retry_pipeline.model import CertificateKind, Chain, Outcome, Procedure, sorted_kinds
-from retry_pipeline.policy import Cursor, advance_chain
+from retry_pipeline.model import CertificateKind, Chain, Cursor, Outcome, Procedure, sorted_kinds
+from retry_pipeline.policy import advance_chain
 
 
 def kinds_to_check(chain: Chain) -> frozenset[CertificateKind]:

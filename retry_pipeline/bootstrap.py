@@ -11,7 +11,8 @@ from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.calendar import BusinessCalendar
 from retry_pipeline.clock import Clock, clock_from
 from retry_pipeline.config import Settings
-from retry_pipeline.service import Dispatcher, ExaminationGateway, RetryService
+from retry_pipeline.ports import Dispatcher, ExaminationGateway
+from retry_pipeline.service.pipeline import Pipeline
 
 
 def bootstrap(
@@ -21,15 +22,15 @@ def bootstrap(
     clock: Clock | None = None,
     dispatcher: Dispatcher | None = None,
     gateway: ExaminationGateway | None = None,
-) -> RetryService:
-    """The service over the configured database, clock and Celery app."""
+) -> Pipeline:
+    """The pipeline over the configured database, clock and Celery app."""
     clock = clock or clock_from(settings.clock_file)
     store = RetryStore(make_engine(settings.database_url))
     # Reads of Kei-MOTAS take no write lock (a separate engine on SQLite).
     registry = SqlCertificateRegistry(
         make_engine(settings.database_url, write_lock=False), settings
     )
-    return RetryService(
+    return Pipeline(
         store=store,
         registry=registry,
         calendar=BusinessCalendar(settings),

@@ -275,18 +275,12 @@ def status(office: str, application: str | None, as_json: bool) -> None:
 )
 def close(at: datetime | None) -> None:
     """R10: an explicit OSS close signal; parks every live chain once it has come."""
-    from retry_pipeline.clock import clock_from
-    from retry_pipeline.service import park_closed
+    from retry_pipeline.tasks import service
 
-    settings = load_settings()
-    store = _store()
-    clock = clock_from(settings.clock_file)
-    now = clock.now()
-    with store.unit() as u:
-        u.add_close_signal(at or now, now)
-    parked = park_closed(store, BusinessCalendar(settings), now)
-    when = format_instant(at or now)
-    click.echo(json.dumps({"close_at": when, "parked": parked}))
+    pipeline = service()
+    when = at or pipeline.clock.now()
+    parked = pipeline.record_close(when)
+    click.echo(json.dumps({"close_at": format_instant(when), "parked": parked}))
 
 
 @main.command(name="dead-letters")
@@ -295,7 +289,7 @@ def close(at: datetime | None) -> None:
 def dead_letters(limit: int, as_json: bool) -> None:
     """Refused messages, newest first, with the reason and the raw body."""
     with _store().unit() as u:
-        letters = u.dead_letters(limit)
+        letters = u.dead_letters.newest(limit)
     for d in letters:
         if as_json:
             click.echo(

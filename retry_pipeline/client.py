@@ -17,16 +17,19 @@ from typing import Any
 
 from celery import Celery
 
-REPORT_TASK = "retry_pipeline.report_missing"
-BATCH_TASK = "retry_pipeline.report_missing_batch"
-CLOSE_TASK = "retry_pipeline.close"
-DEFAULT_QUEUE = "retry_pipeline"
+from retry_pipeline.names import (
+    CLOSE,
+    DEFAULT_BROKER_URL,
+    DEFAULT_QUEUE,
+    REPORT_MISSING,
+    REPORT_MISSING_BATCH,
+)
 
 _apps: dict[str, Celery] = {}
 
 
 def _app(broker_url: str | None) -> Celery:
-    url = broker_url or os.environ.get("RETRY_PIPELINE_BROKER_URL", "redis://127.0.0.1:6379/0")
+    url = broker_url or os.environ.get("RETRY_PIPELINE_BROKER_URL", DEFAULT_BROKER_URL)
     if url not in _apps:
         app = Celery("retry_pipeline_client", broker=url, set_as_current=False)
         app.conf.update(
@@ -50,7 +53,7 @@ def report_missing(
     if not isinstance(report, dict):
         raise TypeError("a report is a dict with the fields of the message contract")
     body = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in report.items()}
-    result = (app or _app(broker_url)).send_task(REPORT_TASK, args=[body], queue=queue)
+    result = (app or _app(broker_url)).send_task(REPORT_MISSING, args=[body], queue=queue)
     return str(result.id)
 
 
@@ -72,7 +75,7 @@ def report_missing_many(
             {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()}
             for r in reports[start : start + batch]
         ]
-        ids.append(str(sender.send_task(BATCH_TASK, args=[bodies], queue=queue).id))
+        ids.append(str(sender.send_task(REPORT_MISSING_BATCH, args=[bodies], queue=queue).id))
     return ids
 
 
@@ -85,5 +88,5 @@ def send_close(
 ) -> str:
     """Send an explicit OSS close signal (R10); ``at`` defaults to when it is handled."""
     kwargs = {} if at is None else {"at": at.isoformat()}
-    result = (app or _app(broker_url)).send_task(CLOSE_TASK, kwargs=kwargs, queue=queue)
+    result = (app or _app(broker_url)).send_task(CLOSE, kwargs=kwargs, queue=queue)
     return str(result.id)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, time
 
+from retry_pipeline import names
 from retry_pipeline.errors import ConfigError
 
 PREFIX = "RETRY_PIPELINE_"
@@ -27,13 +28,15 @@ class Settings:
     safety_validity_days: int = 15  # R2: inspection date is day 1
     completion_validity_months: int = 9  # R2
     database_url: str = "sqlite:///retry_pipeline.sqlite3"
-    broker_url: str = "redis://127.0.0.1:6379/0"
-    queue: str = "retry_pipeline"  # where reports and attempts are consumed
-    examination_queue: str = "examination"  # where outcomes go (DESIGN 5)
-    resume_task: str = "examination.resume_pre_review"
-    auto_correct_task: str = "examination.auto_correct"
+    broker_url: str = names.DEFAULT_BROKER_URL
+    queue: str = names.DEFAULT_QUEUE  # where reports and attempts are consumed
+    examination_queue: str = names.DEFAULT_EXAMINATION_QUEUE  # where outcomes go (DESIGN 5)
+    resume_task: str = names.DEFAULT_RESUME_TASK
+    auto_correct_task: str = names.DEFAULT_AUTO_CORRECT_TASK
     clock_file: str | None = None  # scaled clock shared by processes (simulate); unset = real
     beat_max_interval_s: float = 5.0
+    # Countdowns never exceed one slot (10 min); redelivery after an hour is far beyond that.
+    visibility_timeout_s: int = 3600
 
     def __post_init__(self) -> None:
         if self.step_min <= 0 or 24 * 60 % self.step_min:
@@ -90,6 +93,7 @@ _INTS = (
     "NEXT_DAY_ATTEMPTS",
     "SAFETY_VALIDITY_DAYS",
     "COMPLETION_VALIDITY_MONTHS",
+    "VISIBILITY_TIMEOUT_S",
 )
 _TEXT = (
     "DATABASE_URL",
@@ -100,14 +104,12 @@ _TEXT = (
     "AUTO_CORRECT_TASK",
     "CLOCK_FILE",
 )
-# Read by other modules (celeryconfig.py, docker-compose) but allowed here too.
 _OTHER = (
     "OPENING",
     "CLOSE",
     "EXTRA_CLOSURES",
     "NEW_INSPECTION_RETRY_FROM",
     "BEAT_MAX_INTERVAL_S",
-    "VISIBILITY_TIMEOUT_S",  # read by celeryconfig.py
 )
 _KNOWN = frozenset({*_INTS, *_TEXT, *_OTHER})
 

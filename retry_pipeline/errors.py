@@ -29,3 +29,7 @@ class NotARetryTarget(InvalidReport):
 
 class StoreError(RetryPipelineError):
     """The retry table refused an operation (e.g. ending a chain twice)."""
+
+
+class DuplicateRecord(StoreError):
+    """An insert met a record another transaction wrote first (R4: one per application)."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 
-from retry_pipeline.policy import Cursor
+import pendulum
 
 
 class Procedure(StrEnum):
@@ -29,6 +29,45 @@ class Outcome(StrEnum):
 
     RESUMED = "resumed"  # back to pre-review, which runs again from the start
     AUTO_CORRECTED = "auto_corrected"  # 自動補正, reason "attachment missing" (添付書類なし)
+
+
+class Event(StrEnum):
+    """What a line of the append-only history records (R5)."""
+
+    REPORTED = "reported"
+    MERGED = "merged"
+    ATTEMPT = "attempt"
+    PARKED = "parked"
+    RESUMED = "resumed"
+    AUTO_CORRECTED = "auto_corrected"
+    DUPLICATE = "duplicate"  # a report that came again after its chain was decided
+
+    @classmethod
+    def ending(cls, outcome: Outcome) -> Event:
+        """The history event of a chain's ending."""
+        return cls.RESUMED if outcome is Outcome.RESUMED else cls.AUTO_CORRECTED
+
+
+class Phase(StrEnum):
+    """Which budget a chain is spending."""
+
+    FRESH = "fresh"  # R13: detected off-hours, waits for an opening with the full budget
+    SAME_DAY = "same_day"  # R7: up to 6 attempts on the grid of one day
+    NEXT_DAY = "next_day"  # R11: parked; one attempt at 08:30 of the next business day
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The next attempt of a chain: its slot, and how much of the phase's budget is used."""
+
+    phase: Phase
+    used: int  # attempts already made in this phase
+    slot: pendulum.DateTime
+
+    @property
+    def parked(self) -> bool:
+        """R10/R12: waiting for a later day's opening after a close."""
+        return self.phase is Phase.NEXT_DAY
 
 
 PORTAL_STATUS_UNDER_REVIEW = "検査申請審査中"  # R14: what the applicant sees while a chain is live
@@ -118,6 +157,24 @@ class Chain:
     version: int
     dispatched_for: datetime | None = None  # slot whose attempt message was last sent
 
+    @classmethod
+    def from_report(
+        cls, chain_id: str, report: Report, cursor: Cursor, dispatched_for: datetime | None = None
+    ) -> Chain:
+        """The record a first report starts (R4): nothing tried yet."""
+        return cls(
+            chain_id=chain_id,
+            subject=report.subject,
+            missing=report.missing,
+            found=frozenset(),
+            confirmed=report.confirmed,
+            detected_at=report.detected_at,
+            attempts_made=0,
+            cursor=cursor,
+            version=1,
+            dispatched_for=dispatched_for,
+        )
+
     @property
     def next_attempt_no(self) -> int:
         """The number the next attempt of this chain carries (1-based)."""
@@ -136,3 +193,86 @@ class HistoryEntry:
     missing: tuple[str, ...]
     detail: str
     recorded_at: datetime
+    office: str = ""
+
+
+def history_line(
+    chain_id: str,
+    subject: Application,
+    event: Event,
+    attempt_no: int | None,
+    slot: datetime | None,
+    missing: frozenset[CertificateKind],
+    detail: str,
+    now: datetime,
+) -> HistoryEntry:
+    """A history line about ``subject`` (the detail is capped at 500 characters)."""
+    return HistoryEntry(
+        chain_id=chain_id,
+        application=subject.application,
+        event=event.value,
+        attempt_no=attempt_no,
+        slot=slot,
+        missing=tuple(sorted_kinds(missing)),
+        detail=detail[:500],
+        recorded_at=now,
+        office=subject.office,
+    )
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a chain ends (R3, R8, R11): the outcome, what is missing, when it was decided.
+
+    ``live``: the chain has a record to delete (False for a report decided at once).
+    ``attempt_no``: the deciding attempt (None: decided by a report).
+    """
+
+    chain_id: str
+    subject: Application
+    outcome: Outcome
+    missing: frozenset[CertificateKind]
+    decided_at: datetime
+    reason: str
+    attempt_no: int | None = None
+    live: bool = True
+
+
+@dataclass(frozen=True)
+class PendingOutcome:
+    """An outbox row the relay has to deliver (DESIGN 5)."""
+
+    id: int
+    chain_id: str
+    idempotency_key: str
+    application: str
+    office: str
+    outcome: Outcome
+    missing: tuple[str, ...]
+    decided_at: datetime
+    send_count: int
+
+
+def idempotency_key(chain_id: str, outcome: Outcome) -> str:
+    """The key every delivery of a chain's outcome carries (DESIGN 5)."""
+    return f"{chain_id}:{outcome.value}"
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """An attempt the grid tick found due: chain, attempt number, slot."""
+
+    chain_id: str
+    attempt_no: int
+    slot: datetime
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A refused message, kept with its raw body and the reason (bad input is never lost)."""
+
+    id: int
+    task: str
+    reason: str
+    payload: str
+    received_at: datetime

@@ -9,33 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from enum import StrEnum
 
 import pendulum
 
 from retry_pipeline.calendar import BusinessCalendar, to_local
-
-
-class Phase(StrEnum):
-    """Which budget a chain is spending."""
-
-    FRESH = "fresh"  # R13: detected off-hours, waits for an opening with the full budget
-    SAME_DAY = "same_day"  # R7: up to 6 attempts on the grid of one day
-    NEXT_DAY = "next_day"  # R11: parked; one attempt at 08:30 of the next business day
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """The next attempt of a chain: its slot, and how much of the phase's budget is used."""
-
-    phase: Phase
-    used: int  # attempts already made in this phase
-    slot: pendulum.DateTime
-
-    @property
-    def parked(self) -> bool:
-        """R10/R12: waiting for a later day's opening after a close."""
-        return self.phase is Phase.NEXT_DAY
+from retry_pipeline.model import Cursor, Phase
 
 
 def budget(phase: Phase, calendar: BusinessCalendar) -> int:

@@ -1,25 +1,195 @@
-"""The two interfaces the core depends on (DESIGN 6)."""
+"""Every interface the use cases depend on (DESIGN 6), and nothing else.
+
+The real adapters live in ``retry_pipeline.adapters``; one fake of each, for tests,
+lives in ``tests/fakes.py``. A unit of work is one transaction with a part per table
+group (``u.chains``, ``u.history``, ``u.outbox``, ``u.signals``, ``u.dead_letters``),
+as cosmicpython's ``uow.products``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from datetime import date, datetime
 from typing import Protocol
 
-from retry_pipeline.model import Application, CertificateKind
+from retry_pipeline.model import (
+    Application,
+    CertificateKind,
+    Chain,
+    DeadLetter,
+    Ending,
+    HistoryEntry,
+    PendingOutcome,
+)
 
 
 class CertificateRegistry(Protocol):
     """Reads Kei-MOTAS (軽ＭＯＴＡＳ): which certificates an application has (R1, R2)."""
 
-    def present(
-        self, subject: Application, kinds: frozenset[CertificateKind], as_of: datetime
-    ) -> frozenset[CertificateKind]:
-        """Which of ``kinds`` are present for ``subject`` as of the instant ``as_of``."""
-        ...
-
     def present_many(
         self, requests: Sequence[tuple[Application, frozenset[CertificateKind]]], as_of: datetime
     ) -> list[frozenset[CertificateKind]]:
-        """``present`` for many applications at one instant (one slot's batch)."""
+        """Which of each request's kinds are present for its application as of ``as_of``."""
+        ...
+
+
+class Dispatcher(Protocol):
+    """Sends the attempt messages of a slot (Celery in production)."""
+
+    def send_slot(self, slot: datetime) -> None:
+        """Send the attempts of every chain due at ``slot`` as one message (not before it)."""
+        ...
+
+
+class ExaminationGateway(Protocol):
+    """The examination side (DESIGN 6): outcomes go there, at least once."""
+
+    def deliver(self, outcome: PendingOutcome) -> None:
+        """Hand one outcome to the examination side (resume pre-review or auto-correct)."""
+        ...
+
+
+class Chains(Protocol):
+    """The retry table (R4, R5): live chains, one per application."""
+
+    def get(self, chain_id: str) -> Chain | None:
+        """The live chain ``chain_id``."""
+        ...
+
+    def of_applications(self, applications: Sequence[str], *, lock: bool) -> dict[str, Chain]:
+        """The live chains of these applications; ``lock`` holds their rows until commit."""
+        ...
+
+    def of_office(self, office: str | None, application: str | None = None) -> list[Chain]:
+        """R15: the live chains of one office (None: every office), oldest detection first."""
+        ...
+
+    def due(self, now: datetime, limit: int) -> list[Chain]:
+        """Chains whose next slot is at or before ``now``, oldest slot first."""
+        ...
+
+    def slotted_between(self, start: datetime, end: datetime) -> list[Chain]:
+        """Chains whose next slot lies in [start, end), locked (R10: what a close parks)."""
+        ...
+
+    def claim(self, slot: datetime, limit: int) -> list[Chain]:
+        """Lock up to ``limit`` chains due at ``slot`` that no other transaction holds."""
+        ...
+
+    def insert(self, chains: Sequence[Chain], now: datetime) -> None:
+        """New records; IntegrityError when one of the applications already has one."""
+        ...
+
+    def save(self, chains: Sequence[Chain], now: datetime) -> None:
+        """Write these chains' state (missing, found, confirmed, attempts, cursor, version)."""
+        ...
+
+    def mark_dispatched(self, chain_ids: Sequence[str], slot: datetime) -> None:
+        """The attempt message of ``slot`` was sent for these chains (still due then)."""
+        ...
+
+    def delete(self, chain_ids: Sequence[str]) -> None:
+        """R5: the chains ended; their records go (the history keeps them)."""
+        ...
+
+
+class History(Protocol):
+    """The append-only history (R5)."""
+
+    def append(self, entries: Sequence[HistoryEntry]) -> None:
+        """Add lines, in order."""
+        ...
+
+    def lines(
+        self, *, application: str | None = None, office: str | None = None
+    ) -> list[HistoryEntry]:
+        """Lines oldest first, optionally of one application or one office."""
+        ...
+
+    def last_decisions(self, applications: Sequence[str]) -> dict[str, tuple[str, datetime]]:
+        """(chain id, decided at) of each application's latest decision, if any."""
+        ...
+
+
+class Outbox(Protocol):
+    """Outcomes on their way to the examination side (DESIGN 5)."""
+
+    def add(self, endings: Sequence[Ending], now: datetime) -> list[PendingOutcome]:
+        """One outcome per ending; IntegrityError when a chain already has its outcome."""
+        ...
+
+    def existing(self, chain_ids: Sequence[str]) -> set[str]:
+        """Which of these chains already have an outcome."""
+        ...
+
+    def pending(self, limit: int, *, resend_before: datetime | None) -> list[PendingOutcome]:
+        """Never sent, or sent before ``resend_before`` and unconfirmed; oldest first."""
+        ...
+
+    def mark_sent(self, outbox_ids: Sequence[int], now: datetime) -> None:
+        """The relay handed these outcomes to the broker."""
+        ...
+
+    def confirm(self, idempotency_key: str, now: datetime) -> bool:
+        """The examination side has the outcome; False for an unknown key."""
+        ...
+
+    def count_unconfirmed(self) -> int:
+        """Outcomes the examination side has not confirmed yet."""
+        ...
+
+
+class CloseSignals(Protocol):
+    """Explicit OSS close signals (R10)."""
+
+    def add(self, at: datetime, now: datetime) -> None:
+        """A close at ``at``, for the Japan-time day of ``at``."""
+        ...
+
+    def between(self, first_day: date, last_day: date) -> list[datetime]:
+        """Signals of the days ``first_day``..``last_day`` (inclusive), earliest first."""
+        ...
+
+
+class DeadLetters(Protocol):
+    """Refused messages, kept with the reason and the raw body."""
+
+    def add(self, task: str, reason: str, payload: str, now: datetime) -> int:
+        """Keep one; its id."""
+        ...
+
+    def newest(self, limit: int) -> list[DeadLetter]:
+        """The newest first."""
+        ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction over every table group; commits at the end, rolls back on error."""
+
+    @property
+    def chains(self) -> Chains: ...
+
+    @property
+    def history(self) -> History: ...
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    @property
+    def signals(self) -> CloseSignals: ...
+
+    @property
+    def dead_letters(self) -> DeadLetters: ...
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once this unit has committed; never when it rolls back."""
+        ...
+
+
+class Store(Protocol):
+    """Opens units of work."""
+
+    def unit(self) -> AbstractContextManager[UnitOfWork]:
+        """A new unit of work (one transaction)."""
         ...

@@ -1,13 +1,12 @@
-"""Celery tasks: thin entry points that parse the message and call the service.
+"""Celery tasks: thin entry points that parse the message and call the pipeline.
 
-Task names are the public interface: ``retry_pipeline.report_missing`` (the
-examination worker sends it by name), ``retry_pipeline.attempt``,
-``retry_pipeline.tick`` (beat, on the grid), ``retry_pipeline.close``.
+Task names (``retry_pipeline.names``) are the public interface: the examination
+worker sends ``retry_pipeline.report_missing`` by name, beat sends
+``retry_pipeline.tick`` on the grid.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from functools import cache
 from typing import Any
@@ -16,17 +15,29 @@ from celery import Celery
 from celery.signals import worker_process_init
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from retry_pipeline import names
 from retry_pipeline.calendar import BusinessCalendar, parse_instant
 from retry_pipeline.config import Settings
 from retry_pipeline.errors import InvalidInstant, InvalidReport
 from retry_pipeline.messages import parse_report
 from retry_pipeline.schedules import GridSchedule
-from retry_pipeline.service import RetryService
+from retry_pipeline.service.letters import raw_text
+from retry_pipeline.service.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
 app = Celery("retry_pipeline", task_cls="retry_pipeline.worker:DeadLetterTask")
 app.config_from_object("celeryconfig")
+
+MAX_BATCH = 500
+
+# The database is unreachable: try again (about an hour in all), then a dead letter.
+DB_RETRY: dict[str, Any] = {
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "max_retries": 80,
+}
 
 
 @cache
@@ -36,8 +47,8 @@ def settings() -> Settings:
 
 
 @cache
-def service() -> RetryService:
-    """The service of this process, built on first use (after a prefork fork)."""
+def service() -> Pipeline:
+    """The pipeline of this process, built on first use (after a prefork fork)."""
     from retry_pipeline.bootstrap import bootstrap
 
     return bootstrap(settings(), app)
@@ -51,7 +62,7 @@ def _fresh_connections(**_: Any) -> None:
 
 app.conf.beat_schedule = {
     "grid-tick": {
-        "task": "retry_pipeline.tick",
+        "task": names.TICK,
         "schedule": GridSchedule(BusinessCalendar(settings())),
         "options": {"queue": settings().queue, "expires": 600},
     },
@@ -59,26 +70,12 @@ app.conf.beat_schedule = {
 app.conf.beat_max_loop_interval = settings().beat_max_interval_s
 
 
-def _dead_letter(task: str, reason: str, payload: Any) -> dict[str, Any]:
-    try:
-        raw = json.dumps(payload, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        raw = repr(payload)
-    svc = service()
-    with svc.store.unit() as u:
-        letter = u.add_dead_letter(task, reason, raw, svc.clock.now())
-    log.error("refused %s (dead letter %d): %s", task, letter, reason)
+def _refuse(task: str, reason: str, payload: Any) -> dict[str, Any]:
+    letter = service().keep_dead_letter(task, reason, raw_text(payload))
     return {"status": "refused", "reason": reason, "dead_letter": letter}
 
 
-@app.task(
-    name="retry_pipeline.report_missing",
-    # The database is unreachable: try again (about an hour in all), then a dead letter.
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=80,
-)
+@app.task(name=names.REPORT_MISSING, **DB_RETRY)
 def report_missing(*args: Any, **fields: Any) -> dict[str, Any]:
     """A missing-certificate report (R1, R3, R4): start, merge, or auto-correct at once."""
     message: Any = args[0] if len(args) == 1 and not fields else fields
@@ -86,10 +83,9 @@ def report_missing(*args: Any, **fields: Any) -> dict[str, Any]:
         if len(args) > 1 or (args and fields):
             message = {"args": list(args), "kwargs": fields}
             raise InvalidReport(f"one report per message, got {len(args)} positional arguments")
-        report = parse_report(message)
-        accepted = service().accept_report(report)
+        accepted = service().accept_report(parse_report(message))
     except InvalidReport as exc:  # NotARetryTarget (R1) and the skew check included
-        return _dead_letter("retry_pipeline.report_missing", str(exc), message)
+        return _refuse(names.REPORT_MISSING, str(exc), message)
     return {
         "status": "retry" if accepted.retry else "auto_corrected",
         "chain_id": accepted.chain_id,
@@ -97,60 +93,54 @@ def report_missing(*args: Any, **fields: Any) -> dict[str, Any]:
     }
 
 
-MAX_BATCH = 500
-
-
-@app.task(
-    name="retry_pipeline.report_missing_batch",
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=80,
-)
+@app.task(name=names.REPORT_MISSING_BATCH, **DB_RETRY)
 def report_missing_batch(reports: Any) -> dict[str, int]:
     """Many reports in one message and one transaction (``client.report_missing_many``)."""
-    task = "retry_pipeline.report_missing_batch"
+    task = names.REPORT_MISSING_BATCH
     if not isinstance(reports, list) or not 1 <= len(reports) <= MAX_BATCH:
-        _dead_letter(task, f"a batch is a list of 1..{MAX_BATCH} reports", reports)
+        _refuse(task, f"a batch is a list of 1..{MAX_BATCH} reports", reports)
         return {"accepted": 0, "refused": 1}
     parsed, refused = [], 0
     for message in reports:
         try:
             parsed.append((message, parse_report(message)))
         except InvalidReport as exc:
-            _dead_letter(task, str(exc), message)
+            _refuse(task, str(exc), message)
             refused += 1
     results = service().accept_reports([report for _, report in parsed])
     for (message, _), result in zip(parsed, results, strict=True):
         if isinstance(result, InvalidReport):
-            _dead_letter(task, str(result), message)
+            _refuse(task, str(result), message)
             refused += 1
     return {"accepted": len(reports) - refused, "refused": refused}
 
 
-@app.task(name="retry_pipeline.attempt")
-def attempt(chain_id: str, attempt_no: int, slot: str) -> str:
-    """One attempt of a chain (R8); a stale or duplicate message does nothing (DESIGN 3)."""
+def _slot_of(task: str, slot: Any, payload: Any) -> Any:
     try:
-        at = parse_instant(slot)
+        return parse_instant(slot)
     except InvalidInstant as exc:
-        _dead_letter("retry_pipeline.attempt", str(exc), [chain_id, attempt_no, slot])
-        return "refused"
-    return service().run_attempt(chain_id, int(attempt_no), at)
+        _refuse(task, str(exc), payload)
+        return None
 
 
-@app.task(name="retry_pipeline.attempt_slot")
+@app.task(name=names.ATTEMPT_SLOT)
 def attempt_slot(slot: str) -> dict[str, int]:
     """The attempts of every chain due at ``slot``, decided in batches (DESIGN 2, 3)."""
-    try:
-        at = parse_instant(slot)
-    except InvalidInstant as exc:
-        _dead_letter("retry_pipeline.attempt_slot", str(exc), {"slot": slot})
-        return {}
-    return service().run_slot(at)
+    at = _slot_of(names.ATTEMPT_SLOT, slot, {"slot": slot})
+    return {} if at is None else service().run_slot(at)
 
 
-@app.task(name="retry_pipeline.tick")
+@app.task(name=names.ATTEMPT)
+def attempt(chain_id: str, attempt_no: int, slot: str) -> dict[str, int]:
+    """One chain's attempt, as older senders send it: its slot decides it (DESIGN 3).
+
+    A duplicate or stale message finds the chain no longer due at ``slot``.
+    """
+    at = _slot_of(names.ATTEMPT, slot, [chain_id, attempt_no, slot])
+    return {} if at is None else service().run_slot(at)
+
+
+@app.task(name=names.TICK)
 def tick() -> dict[str, int]:
     """The grid tick (DESIGN 4): park at close, release at 08:30, re-send due attempts."""
     result = service().tick()
@@ -161,26 +151,18 @@ def tick() -> dict[str, int]:
     }
 
 
-@app.task(name="retry_pipeline.confirm_outcome")
+@app.task(name=names.CONFIRM_OUTCOME)
 def confirm_outcome(idempotency_key: str) -> bool:
     """The examination side confirms it received an outcome (stops the relay's re-sends)."""
     return service().confirm_outcome(str(idempotency_key))
 
 
-@app.task(
-    name="retry_pipeline.close",
-    autoretry_for=(OperationalError, InterfaceError),  # R10 must not be lost to a DB outage
-    retry_backoff=True,
-    retry_backoff_max=30,
-    max_retries=60,
-)
+@app.task(name=names.CLOSE, **{**DB_RETRY, "retry_backoff_max": 30, "max_retries": 60})
 def close(at: str | None = None) -> int:
-    """An explicit OSS close signal (R10); ``at`` defaults to now."""
+    """An explicit OSS close signal (R10); ``at`` defaults to now. Never lost to a DB outage."""
     when = None
     if at is not None:
-        try:
-            when = parse_instant(at)
-        except InvalidInstant as exc:
-            _dead_letter("retry_pipeline.close", str(exc), {"at": at})
+        when = _slot_of(names.CLOSE, at, {"at": at})
+        if when is None:
             return 0
     return service().record_close(when)

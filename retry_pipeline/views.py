@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.calendar import BusinessCalendar, format_instant, to_local
-from retry_pipeline.model import PORTAL_STATUS_UNDER_REVIEW, Chain, HistoryEntry
-from retry_pipeline.policy import Phase
+from retry_pipeline.model import PORTAL_STATUS_UNDER_REVIEW, Chain, HistoryEntry, Phase
+from retry_pipeline.ports import Store
 
 
 def _history(entries: list[HistoryEntry]) -> list[dict[str, Any]]:
@@ -35,15 +34,15 @@ def next_attempt_text(chain: Chain, calendar: BusinessCalendar) -> str:
 
 
 def office_view(
-    store: RetryStore, calendar: BusinessCalendar, office: str, application: str | None = None
+    store: Store, calendar: BusinessCalendar, office: str, application: str | None = None
 ) -> dict[str, Any]:
     """The office's live chains (one application with ``application``), with history.
 
     An application of another office is never shown (R15): it reads as "no record".
     """
     with store.unit() as u:
-        chains = u.chains_of_office(office, application)
-        history = u.history(application=application, office=office)
+        chains = u.chains.of_office(office, application)
+        history = u.history.lines(application=application, office=office)
     by_chain: dict[str, list[HistoryEntry]] = {}
     for h in history:
         by_chain.setdefault(h.chain_id, []).append(h)

@@ -8,7 +8,6 @@ dead-letter table (``retry-pipeline dead-letters``). Enabled with
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -29,14 +28,12 @@ def _raw(message: Any) -> str:
     return f"content-type={content_type} task={headers.get('task')} body={str(body)[:MAX_RAW]}"
 
 
-def keep_dead_letter(task: str, reason: str, message: Any) -> None:
-    """Store the raw message; a failure to store is logged, never raised into the consumer."""
+def keep_dead_letter(task: str, reason: str, raw: str) -> None:
+    """Store a refused message; a failure to store is logged, never raised into the consumer."""
     try:
         from retry_pipeline.tasks import service
 
-        svc = service()
-        with svc.store.unit() as u:
-            u.add_dead_letter(task, reason, _raw(message), svc.clock.now())
+        service().keep_dead_letter(task, reason, raw)
     except Exception:
         log.exception("could not keep dead letter for %s: %s", task, reason)
 
@@ -45,7 +42,7 @@ class DeadLetterConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, keeping undecodable and malformed messages as dead letters."""
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        keep_dead_letter("(undecodable)", f"{type(exc).__name__}: {exc}", message)
+        keep_dead_letter("(undecodable)", f"{type(exc).__name__}: {exc}", _raw(message))
         super().on_decode_error(message, exc)
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
@@ -60,7 +57,7 @@ class DeadLetterConsumer(Consumer):  # type: ignore[misc]
             except Exception as exc:
                 # A body Celery cannot turn into a task (e.g. a JSON object instead of
                 # [args, kwargs, embed]) would crash the worker on every redelivery.
-                keep_dead_letter("(malformed)", f"{type(exc).__name__}: {exc}", message)
+                keep_dead_letter("(malformed)", f"{type(exc).__name__}: {exc}", _raw(message))
                 message.ack()
 
         return on_task_received
@@ -74,22 +71,17 @@ class DeadLetterTask(Task):  # type: ignore[misc]
     """
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        try:
-            from retry_pipeline.tasks import service
+        from retry_pipeline.service.letters import raw_text
 
-            svc = service()
-            raw = json.dumps({"args": args, "kwargs": kwargs}, ensure_ascii=False, default=str)
-            with svc.store.unit() as u:
-                u.add_dead_letter(self.name, f"{type(exc).__name__}: {exc}", raw, svc.clock.now())
-        except Exception:
-            log.exception("could not keep dead letter for failed %s %s", self.name, task_id)
+        raw = raw_text({"args": args, "kwargs": kwargs})
+        keep_dead_letter(self.name, f"{type(exc).__name__}: {exc}", raw)
 
 
 @task_unknown.connect
 def _unknown_task(sender: Any = None, name: str = "", message: Any = None, **_: Any) -> None:
-    keep_dead_letter(name or "(unknown)", f"unknown task {name!r}", message)
+    keep_dead_letter(name or "(unknown)", f"unknown task {name!r}", _raw(message))
 
 
 @task_rejected.connect
 def _rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
-    keep_dead_letter("(rejected)", f"rejected message: {exc!r}", message)
+    keep_dead_letter("(rejected)", f"rejected message: {exc!r}", _raw(message))

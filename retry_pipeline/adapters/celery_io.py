@@ -1,48 +1,30 @@
-"""Celery adapters: attempt messages with ETAs, and outcomes to the examination side by name."""
+"""Celery adapters: slot messages with ETAs, and outcomes to the examination side by name."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from retry_pipeline.adapters.outbox import PendingOutcome
 from retry_pipeline.calendar import format_instant
 from retry_pipeline.clock import Clock
 from retry_pipeline.config import Settings
-from retry_pipeline.model import Outcome
-from retry_pipeline.service import Dispatch
-
-ATTEMPT_TASK = "retry_pipeline.attempt"
-SLOT_TASK = "retry_pipeline.attempt_slot"
+from retry_pipeline.model import Outcome, PendingOutcome
+from retry_pipeline.names import ATTEMPT_SLOT
 
 
 class CeleryDispatcher:
-    """Sends ``retry_pipeline.attempt`` with ``eta`` at its slot (on the real clock)."""
+    """Sends ``retry_pipeline.attempt_slot`` with ``eta`` at its slot (on the real clock)."""
 
     def __init__(self, app: Any, clock: Clock, settings: Settings) -> None:
         self.app = app
         self.clock = clock
         self.settings = settings
 
-    def send_attempt(self, dispatch: Dispatch) -> None:
-        options: dict[str, Any] = {"queue": self.settings.queue}
-        if dispatch.slot > self.clock.now():
-            options["eta"] = self.clock.to_real(dispatch.slot)
-        self.app.send_task(
-            ATTEMPT_TASK,
-            kwargs={
-                "chain_id": dispatch.chain_id,
-                "attempt_no": dispatch.attempt_no,
-                "slot": dispatch.slot.isoformat(),
-            },
-            **options,
-        )
-
     def send_slot(self, slot: datetime) -> None:
         options: dict[str, Any] = {"queue": self.settings.queue}
         if slot > self.clock.now():
             options["eta"] = self.clock.to_real(slot)
-        self.app.send_task(SLOT_TASK, kwargs={"slot": slot.isoformat()}, **options)
+        self.app.send_task(ATTEMPT_SLOT, kwargs={"slot": slot.isoformat()}, **options)
 
 
 def outcome_message(outcome: PendingOutcome) -> dict[str, Any]:
@@ -68,8 +50,4 @@ class CeleryExaminationGateway:
     def deliver(self, outcome: PendingOutcome) -> None:
         s = self.settings
         name = s.resume_task if outcome.outcome is Outcome.RESUMED else s.auto_correct_task
-        self.app.send_task(
-            name,
-            kwargs=outcome_message(outcome),
-            queue=s.examination_queue,
-        )
+        self.app.send_task(name, kwargs=outcome_message(outcome), queue=s.examination_queue)

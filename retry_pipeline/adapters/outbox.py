@@ -1,9 +1,8 @@
-"""The outbox (DESIGN 5): one outcome per chain, delivered at least once until confirmed."""
+"""The outbox (DESIGN 5) over SQL: one outcome per chain, delivered until confirmed."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, func, or_, select, update
@@ -11,137 +10,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from retry_pipeline.adapters.orm import OutboxRow
-from retry_pipeline.model import Application, CertificateKind, Outcome, sorted_kinds
+from retry_pipeline.errors import DuplicateRecord
+from retry_pipeline.model import (
+    Ending,
+    Outcome,
+    PendingOutcome,
+    idempotency_key,
+    sorted_kinds,
+)
 
-
-@dataclass(frozen=True)
-class PendingOutcome:
-    """An outbox row the relay has to deliver."""
-
-    id: int
-    chain_id: str
-    idempotency_key: str
-    application: str
-    office: str
-    outcome: Outcome
-    missing: tuple[str, ...]
-    decided_at: datetime
-    send_count: int
-
-
-def idempotency_key(chain_id: str, outcome: Outcome) -> str:
-    """The key every delivery of a chain's outcome carries (DESIGN 5)."""
-    return f"{chain_id}:{outcome.value}"
-
-
-class OutboxUnit:
-    """The outbox part of a unit of work (``StoreUnit`` inherits it)."""
-
-    session: Session
-
-    def count_pending_outcomes(self) -> int:
-        """Outcomes the examination side has not confirmed yet."""
-        stmt = select(func.count()).select_from(OutboxRow).where(OutboxRow.confirmed_at.is_(None))
-        return int(self.session.scalar(stmt) or 0)
-
-    def add_outcome(
-        self,
-        chain_id: str,
-        subject: Application,
-        outcome: Outcome,
-        *,
-        missing: frozenset[CertificateKind],
-        decided_at: datetime,
-        now: datetime,
-    ) -> PendingOutcome:
-        """Write one outcome to the outbox; a second one for the chain fails (one ending)."""
-        row = outbox_row(chain_id, subject, outcome, missing, decided_at, now)
-        self.session.add(row)
-        self.session.flush()
-        return pending_outcome(row)
-
-    def add_outcome_once(
-        self,
-        chain_id: str,
-        subject: Application,
-        outcome: Outcome,
-        *,
-        missing: frozenset[CertificateKind],
-        decided_at: datetime,
-        now: datetime,
-    ) -> PendingOutcome | None:
-        """As ``add_outcome``; None when the chain already has its outcome (a duplicate)."""
-        try:
-            with self.session.begin_nested():
-                return self.add_outcome(
-                    chain_id, subject, outcome, missing=missing, decided_at=decided_at, now=now
-                )
-        except IntegrityError:
-            return None
-
-    # -- outbox ------------------------------------------------------------------
-    def pending_outcomes(
-        self, limit: int = 100, *, resend_before: datetime | None = None
-    ) -> list[PendingOutcome]:
-        """Outcomes never sent, or sent before ``resend_before`` and not confirmed; oldest first."""
-        due: ColumnElement[bool] = OutboxRow.sent_at.is_(None)
-        if resend_before is not None:
-            due = or_(due, OutboxRow.sent_at < resend_before)
-        stmt = (
-            select(OutboxRow)
-            .where(OutboxRow.confirmed_at.is_(None), due)
-            .order_by(OutboxRow.id)
-            .limit(limit)
-        )
-        return [pending_outcome(r) for r in self.session.scalars(stmt)]
-
-    def confirm_outcome(self, idempotency_key: str, now: datetime) -> bool:
-        """The examination side has the outcome; False for an unknown key."""
-        result = self.session.execute(
-            update(OutboxRow)
-            .where(OutboxRow.idempotency_key == idempotency_key)
-            .values(confirmed_at=func.coalesce(OutboxRow.confirmed_at, now))
-            .execution_options(synchronize_session=False)
-        )
-        return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
-
-    def mark_sent(self, outbox_id: int, now: datetime) -> None:
-        """The relay handed the outcome to the broker."""
-        self.mark_sent_many([outbox_id], now)
-
-    def mark_sent_many(self, outbox_ids: Sequence[int], now: datetime) -> None:
-        """The relay handed these outcomes to the broker."""
-        self.session.execute(
-            update(OutboxRow)
-            .where(OutboxRow.id.in_(list(outbox_ids)))
-            .values(sent_at=now, send_count=OutboxRow.send_count + 1)
-            .execution_options(synchronize_session=False)
-        )
-
-
-def outbox_row(
-    chain_id: str,
-    subject: Application,
-    outcome: Outcome,
-    missing: frozenset[CertificateKind],
-    decided_at: datetime,
-    now: datetime,
-) -> OutboxRow:
-    return OutboxRow(
-        chain_id=chain_id,
-        idempotency_key=idempotency_key(chain_id, outcome),
-        application=subject.application,
-        office=subject.office,
-        outcome=outcome.value,
-        missing=sorted_kinds(missing),
-        decided_at=decided_at,
-        created_at=now,
-        sent_at=None,
-        send_count=0,
-    )
+IN_CHUNK = 500
 
 
 def pending_outcome(row: OutboxRow) -> PendingOutcome:
+    """The core's view of an outbox row."""
     return PendingOutcome(
         id=row.id,
         chain_id=row.chain_id,
@@ -153,3 +35,80 @@ def pending_outcome(row: OutboxRow) -> PendingOutcome:
         decided_at=row.decided_at,
         send_count=row.send_count,
     )
+
+
+class SqlOutbox:
+    """``u.outbox``: the outcomes the relay delivers."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, endings: Sequence[Ending], now: datetime) -> list[PendingOutcome]:
+        rows = [
+            OutboxRow(
+                chain_id=e.chain_id,
+                idempotency_key=idempotency_key(e.chain_id, e.outcome),
+                application=e.subject.application,
+                office=e.subject.office,
+                outcome=e.outcome.value,
+                missing=sorted_kinds(e.missing),
+                decided_at=e.decided_at,
+                created_at=now,
+                sent_at=None,
+                send_count=0,
+            )
+            for e in endings
+        ]
+        if not rows:
+            return []
+        try:
+            with self.session.begin_nested():
+                self.session.add_all(rows)
+                self.session.flush()
+        except IntegrityError as exc:
+            raise DuplicateRecord("one of these chains already has its outcome") from exc
+        return [pending_outcome(r) for r in rows]
+
+    def existing(self, chain_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        unique = sorted(set(chain_ids))
+        for start in range(0, len(unique), IN_CHUNK):
+            stmt = select(OutboxRow.chain_id).where(
+                OutboxRow.chain_id.in_(unique[start : start + IN_CHUNK])
+            )
+            found.update(self.session.scalars(stmt))
+        return found
+
+    def pending(self, limit: int, *, resend_before: datetime | None) -> list[PendingOutcome]:
+        due: ColumnElement[bool] = OutboxRow.sent_at.is_(None)
+        if resend_before is not None:
+            due = or_(due, OutboxRow.sent_at < resend_before)
+        stmt = (
+            select(OutboxRow)
+            .where(OutboxRow.confirmed_at.is_(None), due)
+            .order_by(OutboxRow.id)
+            .limit(limit)
+        )
+        return [pending_outcome(r) for r in self.session.scalars(stmt)]
+
+    def mark_sent(self, outbox_ids: Sequence[int], now: datetime) -> None:
+        if outbox_ids:
+            self.session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id.in_(list(outbox_ids)))
+                .values(sent_at=now, send_count=OutboxRow.send_count + 1)
+                .execution_options(synchronize_session=False)
+            )
+
+    def confirm(self, idempotency_key: str, now: datetime) -> bool:
+        result = self.session.execute(
+            update(OutboxRow)
+            .where(OutboxRow.idempotency_key == idempotency_key)
+            .values(confirmed_at=func.coalesce(OutboxRow.confirmed_at, now))
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+    def count_unconfirmed(self) -> int:
+        stmt = select(func.count()).select_from(OutboxRow).where(OutboxRow.confirmed_at.is_(None))
+        return int(self.session.scalar(stmt) or 0)

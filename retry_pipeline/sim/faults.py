@@ -15,13 +15,13 @@ from typing import Any
 
 import redis
 
-from retry_pipeline.adapters.celery_io import CeleryDispatcher
+from retry_pipeline import names
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.calendar import BusinessCalendar, to_local
 from retry_pipeline.clock import FileClock
 from retry_pipeline.config import Settings
 from retry_pipeline.policy import plan_attempts
-from retry_pipeline.service import Dispatch
+from retry_pipeline.sim import queries
 from retry_pipeline.sim.processes import Progress, Run, client_app, queue_empty
 from retry_pipeline.sim.scenario import Scenario
 
@@ -221,20 +221,28 @@ def build_injector(
 
     def duplicate_attempt(now: datetime) -> bool:
         with store.unit() as u:
-            chains = u.due_chains(now + step, limit=1)
+            chains = u.chains.due(now + step, limit=1)
         if not chains:
             return True  # nothing live to duplicate: counted, harmless
         chain = chains[0]
-        dispatcher = CeleryDispatcher(client_app(run.broker_url), clock, Settings(queue=run.queue))
-        for _ in range(2):
-            dispatcher.send_attempt(
-                Dispatch(chain.chain_id, chain.next_attempt_no, chain.cursor.slot)
+        sender = client_app(run.broker_url)
+        eta = clock.to_real(chain.cursor.slot) if chain.cursor.slot > clock.now() else None
+        for _ in range(2):  # the per-chain message, as older senders send it
+            sender.send_task(
+                names.ATTEMPT,
+                kwargs={
+                    "chain_id": chain.chain_id,
+                    "attempt_no": chain.next_attempt_no,
+                    "slot": chain.cursor.slot.isoformat(),
+                },
+                queue=run.queue,
+                eta=eta,
             )
         return True
 
     def live_count() -> int:
         with store.unit() as u:
-            return u.count_live()
+            return queries.count_live(u.session)
 
     actions = {
         "kill-worker": kill_worker, "kill-beat": kill_beat, "two-beats": two_beats,

@@ -30,7 +30,7 @@ from retry_pipeline.calendar import BusinessCalendar, format_instant
 from retry_pipeline.clock import FileClock
 from retry_pipeline.config import PREFIX, Settings
 from retry_pipeline.model import Certificate
-from retry_pipeline.sim import examination
+from retry_pipeline.sim import examination, queries
 from retry_pipeline.sim.faults import Injector, build_injector
 from retry_pipeline.sim.processes import (
     Progress,
@@ -118,7 +118,7 @@ def run_simulation(
         store = RetryStore(engine)
         with store.unit() as u:
             for at in scenario.close_signals:
-                u.add_close_signal(at, origin)
+                u.signals.add(at, origin)
         clock_file = workdir / "clock.json"
         FileClock.write(clock_file, origin, 1.0)  # real speed while processes start
         env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
@@ -236,11 +236,11 @@ def _drive(
                 body = reports[index].model_dump(mode="json", exclude_none=True)
                 run.send_report(body)
         with store.unit() as u:  # one snapshot: processed reports and the chains they made
-            processed = u.count_reports_processed()
-            live = u.count_live()
-            earliest = u.earliest_slot()
-            unsent = u.count_pending_outcomes()
-            refused = {application_of(d.payload) for d in u.dead_letters(10_000)}
+            processed = queries.count_reports_processed(u.session)
+            live = queries.count_live(u.session)
+            earliest = queries.earliest_slot(u.session)
+            unsent = u.outbox.count_unconfirmed()
+            refused = {application_of(d.payload) for d in u.dead_letters.newest(10_000)}
         decided = {o.application for o in examination.received(engine)}
         if time.monotonic() - last_said > 2:
             say(

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from retry_pipeline.adapters.store import Event, RetryStore
+from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.calendar import BusinessCalendar, format_instant
-from retry_pipeline.model import HistoryEntry
+from retry_pipeline.model import Event, HistoryEntry
 from retry_pipeline.sim import examination
 from retry_pipeline.sim.faults import FaultStats
 
@@ -36,7 +36,7 @@ def outcomes_per_application(engine: Any) -> dict[str, int]:
 
 def endings_per_chain(store: RetryStore) -> int:
     with store.unit() as u:
-        history = u.history()
+        history = u.history.lines()
     endings: dict[str, int] = {}
     for h in history:
         if h.event in (Event.RESUMED, Event.AUTO_CORRECTED):
@@ -48,7 +48,7 @@ def max_lateness(store: RetryStore, calendar: BusinessCalendar) -> int:
     """Largest delay of an attempt behind its slot, in whole slots."""
     step_s = calendar.settings.step_min * 60
     with store.unit() as u:
-        history = u.history()
+        history = u.history.lines()
     late = [
         int((h.recorded_at - h.slot).total_seconds() // step_s)
         for h in history
@@ -91,7 +91,7 @@ def build_report(store: RetryStore, engine: Any, applications: list[str]) -> dic
     """One entry per application: outcome, attempt slots, decided_at, missing."""
     finals = final_outcomes(engine)
     with store.unit() as u:
-        history = u.history()
+        history = u.history.lines()
     entries = [
         {
             "application": app,
@@ -105,7 +105,7 @@ def build_report(store: RetryStore, engine: Any, applications: list[str]) -> dic
     ]
     report: dict[str, Any] = {"applications": entries}
     with store.unit() as u:
-        letters = u.dead_letters(10_000)
+        letters = u.dead_letters.newest(10_000)
     if letters:
         report["refused"] = sorted(
             ({"task": d.task, "reason": d.reason} for d in letters), key=lambda d: d["reason"]

@@ -276,7 +276,7 @@ def test_r4_duplicate_report_is_one_entry_of_one_chain(
         "missing": [],
     }
     with RetryStore(main_db).unit() as u:
-        history = u.history(application="E2E-DUP")
+        history = u.history.lines(application="E2E-DUP")
     assert len({h.chain_id for h in history}) == 1
     events = [h.event for h in history]
     assert events == ["reported", "merged", "attempt", "attempt", "attempt", "resumed"]
@@ -300,7 +300,7 @@ def test_r4_second_report_adds_its_certificate_to_the_live_chain(
         "missing": [],
     }
     with RetryStore(main_db).unit() as u:
-        history = u.history(application="E2E-NEW-MERGE")
+        history = u.history.lines(application="E2E-NEW-MERGE")
     assert len({h.chain_id for h in history}) == 1
 
 

@@ -28,11 +28,12 @@ from kombu import serialization
 from kombu.exceptions import ContentDisallowed
 
 import celeryconfig
-from retry_pipeline import client
+from retry_pipeline import client, names
 from retry_pipeline.adapters.migrate import upgrade
-from retry_pipeline.adapters.store import DeadLetter, RetryStore
+from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.cli import main
 from retry_pipeline.messages import MAX_PAYLOAD_BYTES
+from retry_pipeline.model import DeadLetter
 from retry_pipeline.sim.redis_server import PrivateRedis, start_private_redis
 
 pytestmark = pytest.mark.redis
@@ -42,7 +43,7 @@ IN_CI = bool(os.environ.get("CI"))
 READY_TIMEOUT_S = 45.0
 LETTER_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 15.0
-REPORT_TASK = client.REPORT_TASK
+REPORT_TASK = names.REPORT_MISSING
 T = TypeVar("T")
 
 
@@ -248,7 +249,7 @@ def report(application: str, **changes: Any) -> dict[str, Any]:
 
 def letters_with(store: RetryStore, mark: str) -> list[DeadLetter]:
     with store.unit() as u:
-        return [d for d in u.dead_letters(limit=100_000) if mark in d.payload]
+        return [d for d in u.dead_letters.newest(100_000) if mark in d.payload]
 
 
 def wait_letter(store: RetryStore, worker: Worker, mark: str) -> DeadLetter:
@@ -260,12 +261,12 @@ def wait_letter(store: RetryStore, worker: Worker, mark: str) -> DeadLetter:
 
 def has_chain(store: RetryStore, application: str) -> bool:
     with store.unit() as u:
-        return u.find_chain(application) is not None
+        return bool(u.chains.of_applications([application], lock=False))
 
 
 def has_history(store: RetryStore, application: str) -> bool:
     with store.unit() as u:
-        return bool(u.history(application=application))
+        return bool(u.history.lines(application=application))
 
 
 def send_args(app: Celery, queue: str, *args: Any, task: str = REPORT_TASK) -> str:
@@ -568,8 +569,8 @@ def test_worker_survives_a_burst_of_bad_messages_and_processes_a_valid_report(
 
     wait_for(lambda: has_chain(store, valid), LETTER_TIMEOUT_S * 2, "the valid chain", worker)
     with store.unit() as u:
-        chain = u.find_chain(valid)
-        history = u.history(application=valid)
+        chain = u.chains.of_applications([valid], lock=False).get(valid)
+        history = u.history.lines(application=valid)
     assert chain is not None
     assert {k.value for k in chain.missing} == {"safety", "insurance"}
     assert chain.subject.office == "OSK01"

@@ -5,7 +5,8 @@ The service is wired as ``bootstrap.py`` wires it (real store, real
 ports that leave the process: a ``Broker`` (Dispatcher) that keeps attempt
 messages like a broker with ETAs, and a gateway that records every outcome. The
 pipeline sends slot messages (``run_slot``: every chain due at a slot); one
-chain's attempt message (``run_attempt``) is delivered too, as a worker would.
+chain's attempt message (``retry_pipeline.attempt``, as older senders send it) is
+delivered too, as a worker would: it runs its slot.
 
 The faults are real: a TCP proxy in front of PostgreSQL that refuses connections
 and cuts live ones; child processes SIGKILLed between the outbox commit and the
@@ -49,7 +50,6 @@ from sqlalchemy.exc import OperationalError
 from retry_pipeline.adapters.db import make_engine, make_sessions
 from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.adapters.orm import OutboxRow
-from retry_pipeline.adapters.outbox import PendingOutcome
 from retry_pipeline.adapters.registry import SqlCertificateRegistry, to_row
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.calendar import BusinessCalendar
@@ -60,15 +60,17 @@ from retry_pipeline.model import (
     Certificate,
     CertificateKind,
     Chain,
+    Dispatch,
     HistoryEntry,
     InsuranceCertificate,
     Outcome,
+    PendingOutcome,
     Procedure,
     Report,
     SafetyCertificate,
 )
 from retry_pipeline.ports import CertificateRegistry
-from retry_pipeline.service import Dispatch, RetryService
+from retry_pipeline.service.pipeline import Pipeline
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,9 +119,6 @@ class Broker:
         self._lock = threading.Lock()
         self.queued: list[Message] = []
         self.sent_log: list[Message] = []  # every message ever sent, for late redelivery
-
-    def send_attempt(self, dispatch: Dispatch) -> None:
-        self._send(dispatch)
 
     def send_slot(self, slot: datetime) -> None:
         self._send(SlotMessage(slot))
@@ -179,36 +178,10 @@ class RegistryWrapper:
     def __init__(self, inner: CertificateRegistry) -> None:
         self.inner = inner
 
-    def present(
-        self, subject: Application, kinds: frozenset[CertificateKind], as_of: datetime
-    ) -> frozenset[CertificateKind]:
-        return self.inner.present(subject, kinds, as_of)
-
     def present_many(
         self, requests: Sequence[tuple[Application, frozenset[CertificateKind]]], as_of: datetime
     ) -> list[frozenset[CertificateKind]]:
         return self.inner.present_many(requests, as_of)
-
-
-class RendezvousRegistry(RegistryWrapper):
-    """Whose first ``present()`` waits for the other worker's, at a barrier.
-
-    Both deliveries of an attempt have then read the same chain (same version)
-    before either claims it: the race is certain, not left to the scheduler.
-    """
-
-    def __init__(self, inner: CertificateRegistry, barrier: threading.Barrier) -> None:
-        super().__init__(inner)
-        self.barrier = barrier
-        self.met = False
-
-    def present(
-        self, subject: Application, kinds: frozenset[CertificateKind], as_of: datetime
-    ) -> frozenset[CertificateKind]:
-        if not self.met:
-            self.met = True
-            self.barrier.wait(timeout=WAIT_S)
-        return self.inner.present(subject, kinds, as_of)
 
 
 class SlowRegistry(RegistryWrapper):
@@ -239,15 +212,15 @@ class Truth:
 
     def chain(self, chain_id: str) -> Chain | None:
         with self.store.unit() as u:
-            return u.get_chain(chain_id)
+            return u.chains.get(chain_id)
 
     def live_of(self, application: str) -> Chain | None:
         with self.store.unit() as u:
-            return u.find_chain(application)
+            return u.chains.of_applications([application], lock=False).get(application)
 
     def history(self, application: str) -> list[HistoryEntry]:
         with self.store.unit() as u:
-            return u.history(application=application)
+            return u.history.lines(application=application)
 
     def events(self, application: str) -> list[str]:
         return [h.event for h in self.history(application)]
@@ -301,12 +274,12 @@ class World:
     clock: FixedClock
     broker: Broker
     gateway: RecordingGateway
-    services: list[RetryService]
+    services: list[Pipeline]
     truth: Truth
     engines: list[Engine] = field(default_factory=list)
 
     @property
-    def service(self) -> RetryService:
+    def service(self) -> Pipeline:
         return self.services[0]
 
     def at(self, instant: datetime) -> None:
@@ -322,11 +295,8 @@ class World:
         return accepted.chain_id
 
     def deliver(self, message: Message, worker: int = 0) -> Any:
-        """A worker runs one message: ``run_attempt`` or ``run_slot``."""
-        service = self.services[worker % len(self.services)]
-        if isinstance(message, SlotMessage):
-            return service.run_slot(message.slot)
-        return service.run_attempt(message.chain_id, message.attempt_no, message.slot)
+        """A worker runs one message: a chain's attempt runs its slot, as the task does."""
+        return self.services[worker % len(self.services)].run_slot(message.slot)
 
     def run_due(self, *, copies: int = 1) -> list[tuple[Message, Any]]:
         """Workers run every message whose ETA has come, each ``copies`` times, in turn."""
@@ -373,7 +343,7 @@ def make_world() -> Iterator[WorldFactory]:
             registry_engine = make_engine(url, write_lock=False)
             world.engines += [store_engine, registry_engine]
             world.services.append(
-                RetryService(
+                Pipeline(
                     store=RetryStore(store_engine),
                     registry=SqlCertificateRegistry(registry_engine, settings),
                     calendar=BusinessCalendar(settings),
@@ -422,10 +392,9 @@ def certificates_for(subject: Application, available_at: datetime) -> list[Certi
 
 
 def effects(result: Any) -> int:
-    """Attempts a delivery carried out (from ``run_attempt``'s word or ``run_slot``'s counts)."""
-    if isinstance(result, dict):
-        return sum(result.values())
-    return 0 if result in ("stale", "contended") else 1
+    """Attempts a delivery carried out (``run_slot``'s counts)."""
+    assert isinstance(result, dict), result
+    return sum(result.values())
 
 
 def in_parallel(*calls: Callable[[], Any]) -> list[Any]:
@@ -588,7 +557,7 @@ def test_database_unreachable_for_a_slot_then_back(
             w.deliver(m)
     for chain_id in (late_id, never_id):  # the message of one chain's attempt fails alike
         with pytest.raises(OperationalError, match="refused"):
-            w.service.run_attempt(chain_id, 2, fri(8, 50))
+            w.deliver(Dispatch(chain_id, 2, fri(8, 50)))
     for chain_id, chain in before.items():
         assert w.truth.chain(chain_id) == chain, "an attempt was half-written"
     assert w.truth.attempt_numbers(late.application) == [1]
@@ -604,8 +573,8 @@ def test_database_unreachable_for_a_slot_then_back(
         [(late_id, 2, fri(8, 50)), (never_id, 2, fri(8, 50))]
     )
     w.at(fri(9, 0, 2))
-    # One chain's attempt message comes too (redelivered): judged as of 08:50, not now.
-    assert w.service.run_attempt(late_id, 2, fri(8, 50)) == "next"
+    # One chain's attempt message comes too (redelivered): its slot, judged as of 08:50.
+    assert w.deliver(Dispatch(late_id, 2, fri(8, 50)))["next"] == 2
     w.run_due()  # the slot message: the other chain's attempt 2, then both at 09:00
     assert w.truth.attempt_numbers(late.application) == [1, 2, 3]  # 3 found it: resumed
     assert w.truth.attempt_numbers(never.application) == [1, 2, 3]
@@ -815,8 +784,6 @@ def test_worker_killed_inside_the_attempt_transaction(
     w.at(slot + timedelta(seconds=5))
     assert effects(w.deliver(message)) == 1
     assert effects(w.deliver(message)) == 0
-    if via == "attempt":
-        assert w.deliver(message) == "stale"
     w.walk(GRID[attempt_no:])
     assert_ended_once(w.truth, subject, chain_id, Outcome.AUTO_CORRECTED, GRID, w.gateway.delivered)
     assert len(w.gateway.delivered) == 1
@@ -837,21 +804,14 @@ def test_same_attempt_message_twice_at_the_same_time(
     slot = GRID[attempt_no - 1]
     w.walk(GRID[: attempt_no - 1])
     slot_message = w.broker.take(slot)
-    barrier = threading.Barrier(2)
-    for worker in w.services:
-        worker.registry = RendezvousRegistry(worker.registry, barrier)
+    attempt = Dispatch(chain_id, attempt_no, slot)  # the chain's own message, twice
 
     w.at(slot + timedelta(seconds=2))
-    results = in_parallel(
-        *(lambda s=s: s.run_attempt(chain_id, attempt_no, slot) for s in w.services)
-    )
-    assert results.count(effect) == 1, results
-    assert set(results) - {effect} <= {"stale", "contended"}, results
+    results = in_parallel(*(lambda k=k: w.deliver(attempt, k) for k in (0, 1)))
+    assert sorted(effects(r) for r in results) == [0, 1], results
+    assert sum(r.get(effect, 0) for r in results) == 1, results
     assert w.truth.attempt_numbers(subject.application) == list(range(1, attempt_no + 1))
     assert effects(w.deliver(slot_message)) == 0  # the slot's own message, a third delivery
-    for worker in w.services:  # the rendezvous is spent; the rest runs normally
-        assert isinstance(worker.registry, RendezvousRegistry)
-        worker.registry = worker.registry.inner
     if attempt_no < 6:
         assert w.broker.count(GRID[attempt_no]) == 1  # one countdown, not two
     w.walk(GRID[attempt_no:])
@@ -869,8 +829,8 @@ def test_same_slot_message_twice_at_the_same_time(
     slot = GRID[attempt_no - 1]
     w.walk(GRID[: attempt_no - 1])
     message = w.broker.take(slot)
-    slow = SlowRegistry(w.services[0].registry, 0.5)
-    w.services[0].registry = slow  # the first worker holds its claim open for 0.5 s
+    slow = SlowRegistry(w.services[0].deps.registry, 0.5)
+    w.services[0].deps.registry = slow  # the first worker holds its claim open for 0.5 s
 
     w.at(slot + timedelta(seconds=2))
     with ThreadPoolExecutor(2) as pool:
@@ -880,7 +840,7 @@ def test_same_slot_message_twice_at_the_same_time(
         results = [first.result(timeout=WAIT_S), second.result(timeout=WAIT_S)]
     assert [effects(r) for r in results] == [1, 0], results
     assert w.truth.attempt_numbers(subject.application) == list(range(1, attempt_no + 1))
-    w.services[0].registry = slow.inner
+    w.services[0].deps.registry = slow.inner
     if attempt_no < 6:
         assert w.broker.count(GRID[attempt_no]) == 1  # one countdown, not two
     w.walk(GRID[attempt_no:])
@@ -902,7 +862,6 @@ def test_every_attempt_message_delivered_twice_in_a_row(
         if via == "attempt":  # the chain's own message, on one worker then the other ...
             again = [w.deliver(Dispatch(chain_id, n, slot), k) for k in (0, 1)]
             assert [effects(r) for r in again] == [1, 0], again
-            assert again[1] == "stale"
         # ... and the slot's message, each on one worker then the other.
         done = w.run_due(copies=2)
         assert [effects(r) for _, r in done] == ([0, 0] if via == "attempt" else [1, 0]), done
@@ -1102,7 +1061,7 @@ def _child_main(argv: list[str]) -> int:
         _hold_before_commit(store.engine, arming)
     else:
         raise SystemExit(f"unknown mode {mode}")
-    service = RetryService(
+    service = Pipeline(
         store=store,
         registry=registry,
         calendar=BusinessCalendar(settings),
@@ -1111,10 +1070,7 @@ def _child_main(argv: list[str]) -> int:
         gateway=gateway,
     )
     slot = datetime.fromisoformat(args["slot"])
-    if "chain_id" in args:
-        result: Any = service.run_attempt(args["chain_id"], args["attempt_no"], slot)
-    else:
-        result = service.run_slot(slot)
+    result = service.run_slot(slot)  # a chain's own attempt message runs its slot too
     print("RETURNED", result, flush=True)
     return 0
 

@@ -21,8 +21,17 @@ from retry_pipeline.adapters.db import make_engine
 from retry_pipeline.adapters.migrate import ROOT, alembic_config, downgrade, upgrade
 from retry_pipeline.adapters.orm import Base
 from retry_pipeline.adapters.store import RetryStore
-from retry_pipeline.model import Application, CertificateKind, Procedure, Report
-from retry_pipeline.policy import Cursor, Phase
+from retry_pipeline.model import (
+    Application,
+    CertificateKind,
+    Chain,
+    Cursor,
+    Event,
+    Phase,
+    Procedure,
+    Report,
+    history_line,
+)
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 TABLES = set(Base.metadata.tables)  # every table the ORM declares
@@ -83,15 +92,17 @@ def use_store(url: str) -> None:
     detected = datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO)
     slot = pendulum.datetime(2026, 11, 27, 8, 40, tz="Asia/Tokyo")
     try:
+        report = Report(subject, frozenset({CertificateKind.SAFETY}), frozenset(), detected)
+        chain = Chain.from_report("c-migrated", report, Cursor(Phase.SAME_DAY, 0, slot))
+        line = history_line(
+            chain.chain_id, subject, Event.REPORTED, None, slot, report.missing, "", detected
+        )
         with store.unit() as u:
-            rec = u.record_report(
-                Report(subject, frozenset({CertificateKind.SAFETY}), frozenset(), detected),
-                Cursor(Phase.SAME_DAY, 0, slot),
-                detected,
-            )
+            u.chains.insert([chain], detected)
+            u.history.append([line])
         with store.unit() as u:
-            assert u.get_chain(rec.chain.chain_id) == rec.chain
-            assert [h.event for h in u.history()] == ["reported"]
+            assert u.chains.get(chain.chain_id) == chain
+            assert [h.event for h in u.history.lines()] == ["reported"]
     finally:
         store.engine.dispose()
 

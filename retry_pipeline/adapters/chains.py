@@ -1,0 +1,168 @@
+"""The retry table (R4, R5) over SQL: one write path for one chain or a slot's batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from retry_pipeline.adapters.orm import ChainRow
+from retry_pipeline.calendar import to_local
+from retry_pipeline.errors import DuplicateRecord
+from retry_pipeline.model import (
+    Application,
+    CertificateKind,
+    Chain,
+    Cursor,
+    Phase,
+    Procedure,
+    sorted_kinds,
+)
+
+IN_CHUNK = 500  # ids per IN (...) list
+
+
+def _kinds(values: Iterable[str]) -> frozenset[CertificateKind]:
+    return frozenset(CertificateKind(v) for v in values)
+
+
+def to_chain(row: ChainRow) -> Chain:
+    """The core's view of a retry-table row."""
+    subject = Application(
+        application=row.application,
+        office=row.office,
+        procedure=Procedure(row.procedure),
+        vehicle=row.vehicle,
+        insurer_id=row.insurer_id,
+        insurance_no=row.insurance_no,
+    )
+    return Chain(
+        chain_id=row.chain_id,
+        subject=subject,
+        missing=_kinds(row.missing),
+        found=_kinds(row.found),
+        confirmed=_kinds(row.confirmed),
+        detected_at=row.detected_at,
+        attempts_made=row.attempts_made,
+        cursor=Cursor(Phase(row.phase), row.phase_used, to_local(row.next_slot)),
+        version=row.version,
+        dispatched_for=row.dispatched_for,
+    )
+
+
+def _state(chain: Chain, now: datetime) -> dict[str, Any]:
+    """The columns a chain's progress changes."""
+    return {
+        "chain_id": chain.chain_id,
+        "missing": sorted_kinds(chain.missing),
+        "found": sorted_kinds(chain.found),
+        "confirmed": sorted_kinds(chain.confirmed),
+        "attempts_made": chain.attempts_made,
+        "phase": chain.cursor.phase.value,
+        "phase_used": chain.cursor.used,
+        "next_slot": chain.cursor.slot,
+        "dispatched_for": chain.dispatched_for,
+        "version": chain.version,
+        "updated_at": now,
+    }
+
+
+def _chunks(ids: Sequence[str]) -> Iterable[list[str]]:
+    for start in range(0, len(ids), IN_CHUNK):
+        yield list(ids[start : start + IN_CHUNK])
+
+
+class SqlChains:
+    """``u.chains``: the live records, inside the unit's transaction."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._locking = session.get_bind().dialect.name != "sqlite"
+
+    def _rows(self, stmt: Any, *, lock: bool = False, skip_locked: bool = False) -> list[Chain]:
+        stmt = stmt.execution_options(populate_existing=True)  # after our own UPDATEs
+        if lock and self._locking:  # SQLite: the transaction already holds the write lock
+            stmt = stmt.with_for_update(skip_locked=skip_locked)
+        return [to_chain(r) for r in self.session.scalars(stmt)]
+
+    def get(self, chain_id: str) -> Chain | None:
+        found = self._rows(select(ChainRow).where(ChainRow.chain_id == chain_id))
+        return found[0] if found else None
+
+    def of_applications(self, applications: Sequence[str], *, lock: bool) -> dict[str, Chain]:
+        out: dict[str, Chain] = {}
+        for part in _chunks(sorted(set(applications))):  # sorted: locks in one order
+            stmt = select(ChainRow).where(ChainRow.application.in_(part))
+            out.update((c.subject.application, c) for c in self._rows(stmt, lock=lock))
+        return out
+
+    def of_office(self, office: str | None, application: str | None = None) -> list[Chain]:
+        stmt = select(ChainRow)
+        if office is not None:
+            stmt = stmt.where(ChainRow.office == office)
+        if application is not None:
+            stmt = stmt.where(ChainRow.application == application)
+        return self._rows(stmt.order_by(ChainRow.detected_at, ChainRow.chain_id))
+
+    def due(self, now: datetime, limit: int) -> list[Chain]:
+        stmt = (
+            select(ChainRow)
+            .where(ChainRow.next_slot <= now)
+            .order_by(ChainRow.next_slot, ChainRow.chain_id)
+            .limit(limit)
+        )
+        return self._rows(stmt)
+
+    def slotted_between(self, start: datetime, end: datetime) -> list[Chain]:
+        stmt = select(ChainRow).where(ChainRow.next_slot >= start, ChainRow.next_slot < end)
+        return self._rows(stmt.order_by(ChainRow.next_slot, ChainRow.chain_id), lock=True)
+
+    def claim(self, slot: datetime, limit: int) -> list[Chain]:
+        # No ORDER BY: the next_slot index hands out the rest without a sort. SKIP LOCKED:
+        # parallel batches of one slot split the work instead of waiting for each other.
+        stmt = select(ChainRow).where(ChainRow.next_slot == slot).limit(limit)
+        return self._rows(stmt, lock=True, skip_locked=True)
+
+    def insert(self, chains: Sequence[Chain], now: datetime) -> None:
+        if not chains:
+            return
+        rows = []
+        for chain in chains:
+            s = chain.subject
+            row = _state(chain, now)
+            row.update(
+                application=s.application, office=s.office, procedure=s.procedure.value,
+                vehicle=s.vehicle, insurer_id=s.insurer_id, insurance_no=s.insurance_no,
+                detected_at=chain.detected_at, created_at=now,
+            )  # fmt: skip
+            rows.append(row)
+        try:
+            with self.session.begin_nested():
+                self.session.execute(insert(ChainRow), rows)
+        except IntegrityError as exc:
+            raise DuplicateRecord("another report created one of these records first") from exc
+
+    def save(self, chains: Sequence[Chain], now: datetime) -> None:
+        if chains:
+            self.session.execute(update(ChainRow), [_state(c, now) for c in chains])
+
+    def mark_dispatched(self, chain_ids: Sequence[str], slot: datetime) -> None:
+        for part in _chunks(chain_ids):
+            self.session.execute(
+                update(ChainRow)
+                .where(ChainRow.chain_id.in_(part), ChainRow.next_slot == slot)
+                .values(dispatched_for=slot)
+                .execution_options(synchronize_session=False)
+            )
+
+    def delete(self, chain_ids: Sequence[str]) -> None:
+        for part in _chunks(chain_ids):
+            self.session.execute(
+                delete(ChainRow)
+                .where(ChainRow.chain_id.in_(part))
+                .execution_options(synchronize_session=False)
+            )

@@ -1,0 +1,71 @@
+"""The append-only history (R5) over SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from retry_pipeline.adapters.orm import HistoryRow
+from retry_pipeline.model import Event, HistoryEntry
+
+IN_CHUNK = 500
+DECISIONS = (Event.RESUMED.value, Event.AUTO_CORRECTED.value)
+
+
+def to_entry(row: HistoryRow) -> HistoryEntry:
+    """The core's view of a history row."""
+    return HistoryEntry(
+        chain_id=row.chain_id,
+        application=row.application,
+        event=row.event,
+        attempt_no=row.attempt_no,
+        slot=row.slot,
+        missing=tuple(row.missing),
+        detail=row.detail,
+        recorded_at=row.recorded_at,
+        office=row.office,
+    )
+
+
+class SqlHistory:
+    """``u.history``: lines are only ever added."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def append(self, entries: Sequence[HistoryEntry]) -> None:
+        if entries:
+            rows = [{**asdict(e), "missing": list(e.missing)} for e in entries]
+            self.session.execute(insert(HistoryRow), rows)
+
+    def lines(
+        self, *, application: str | None = None, office: str | None = None
+    ) -> list[HistoryEntry]:
+        stmt = select(HistoryRow)
+        if application is not None:
+            stmt = stmt.where(HistoryRow.application == application)
+        if office is not None:
+            stmt = stmt.where(HistoryRow.office == office)
+        return [to_entry(r) for r in self.session.scalars(stmt.order_by(HistoryRow.id))]
+
+    def last_decisions(self, applications: Sequence[str]) -> dict[str, tuple[str, datetime]]:
+        out: dict[str, tuple[str, datetime]] = {}
+        unique = sorted(set(applications))
+        for start in range(0, len(unique), IN_CHUNK):
+            stmt = (
+                select(HistoryRow.application, HistoryRow.chain_id, HistoryRow.slot)
+                .where(
+                    HistoryRow.application.in_(unique[start : start + IN_CHUNK]),
+                    HistoryRow.event.in_(DECISIONS),
+                    HistoryRow.slot.is_not(None),
+                )
+                .order_by(HistoryRow.slot, HistoryRow.id)
+            )
+            for application, chain_id, slot in self.session.execute(stmt):
+                if slot is not None:
+                    out[application] = (chain_id, slot)  # the latest wins
+        return out
