@@ -8,11 +8,12 @@ Wall time, restarts and lateness go to stderr.
 
 ``demo-table-seed7.txt`` is ``make run``'s table (``demo --applications 300 --seed 7``,
 without its last two lines: file paths and wall time) from the same moment. It is
-kept as a record, not asserted: on a loaded machine one run of the 300 applications
-decided one application two attempts later (resumed at attempt 3: 11 instead of 12,
-at attempt 5: 8 instead of 7). The harness writes each certificate one slot (one
-real second at x600) before its time; when the harness's loop lags by more than that,
-an attempt can run before the row is there.
+kept as a record, not asserted: one run after the move, on a loaded machine (load
+average about 8 on 2 cores), decided one application two attempts later (resumed at
+attempt 3: 11 instead of 12, at attempt 5: 8 instead of 7). The likely cause (not
+proven): the harness writes each certificate one slot (one real second at x600)
+before its time, so a loop that lags by more than that lets an attempt run before
+the row is there.
 """
 
 from __future__ import annotations
