@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SIMPTH := $(VENV)/.simulation
 
 .PHONY: install run test unit integration e2e faults bench lint format clean
 
@@ -13,7 +14,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv/ and install the project (editable) with its test tools
+# The simulation harness (simulation/) is not part of the wheel: a .pth file puts the
+# checkout on the venv's sys.path, so `import simulation` works here (and in its workers).
+$(SIMPTH): $(STAMP)
+	$(BIN)/python -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "retry_pipeline_simulation.pth").write_text(str(pathlib.Path.cwd().resolve()) + "\n")'
+	touch $(SIMPTH)
+
+install: $(STAMP) $(SIMPTH)  ## create .venv/ and install the project (editable) with its test tools and the simulation
 
 run: install  ## the main job: a post-holiday morning of 300 applications through the real pipeline
 	$(BIN)/retry-pipeline demo --applications 300 --seed 7
@@ -39,13 +46,13 @@ bench: install  ## the benchmark against a raw Celery no-op task (bench/results.
 	$(BIN)/python bench/run.py --output bench/results.json
 
 lint: install  ## ruff (lint + format check) and mypy strict on the package
-	$(BIN)/ruff check retry_pipeline tests alembic bench celeryconfig.py
-	$(BIN)/ruff format --check retry_pipeline tests alembic bench celeryconfig.py
+	$(BIN)/ruff check retry_pipeline simulation tests bench celeryconfig.py
+	$(BIN)/ruff format --check retry_pipeline simulation tests bench celeryconfig.py
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format retry_pipeline tests alembic bench celeryconfig.py
-	$(BIN)/ruff check --fix retry_pipeline tests alembic bench celeryconfig.py
+	$(BIN)/ruff format retry_pipeline simulation tests bench celeryconfig.py
+	$(BIN)/ruff check --fix retry_pipeline simulation tests bench celeryconfig.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.sqlite3*

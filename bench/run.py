@@ -34,7 +34,7 @@ from retry_pipeline.client import report_missing, report_missing_many
 from retry_pipeline.clock import FileClock
 from retry_pipeline.config import PREFIX, Settings
 from retry_pipeline.model import Phase
-from retry_pipeline.sim.redis_server import start_private_redis
+from simulation.redis_server import start_private_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "bench"

@@ -31,6 +31,18 @@ class Instant(click.ParamType):  # type: ignore[type-arg]
             self.fail(str(exc), param, ctx)
 
 
+def require_simulation() -> None:
+    """The simulation lives in the source checkout, not the wheel: exit 2 without it."""
+    import importlib.util
+
+    if importlib.util.find_spec("simulation") is None:
+        click.echo(
+            "the simulation is not installed: it comes with the source checkout (`make install`)",
+            err=True,
+        )
+        sys.exit(USAGE_ERROR)
+
+
 def load_settings() -> Settings:
     """Settings from the environment, or a clear usage error."""
     try:
@@ -181,9 +193,10 @@ def simulate(
     """Run a scenario through the real worker, beat and Redis; print one JSON report."""
     from pathlib import Path
 
-    from retry_pipeline.sim.faults import parse_faults
-    from retry_pipeline.sim.harness import Options, SimulationError, run_simulation
-    from retry_pipeline.sim.scenario import ScenarioError, load_scenario
+    require_simulation()
+    from simulation.faults import parse_faults
+    from simulation.harness import Options, SimulationError, run_simulation
+    from simulation.scenario import ScenarioError, load_scenario
 
     try:
         scenario = load_scenario(scenario_file)
@@ -229,9 +242,10 @@ def fault_matrix(
     """Inject every fault for real and compare with a clean run (docs/reliability.md)."""
     from pathlib import Path
 
-    from retry_pipeline.sim.faults import FAULTS, parse_faults
-    from retry_pipeline.sim.matrix import render, run_matrix
-    from retry_pipeline.sim.scenario import ScenarioError, load_scenario
+    require_simulation()
+    from simulation.faults import FAULTS, parse_faults
+    from simulation.matrix import render, run_matrix
+    from simulation.scenario import ScenarioError, load_scenario
 
     try:
         scenario = load_scenario(scenario_file)
@@ -322,7 +336,8 @@ def scenario_group() -> None:
 
 
 def _post_holiday_json(applications: int, seed: int, day: datetime | None) -> str:
-    from retry_pipeline.sim.linkage import DEFAULT_DAY, post_holiday_scenario
+    require_simulation()
+    from simulation.linkage import DEFAULT_DAY, post_holiday_scenario
 
     try:
         data = post_holiday_scenario(applications, seed, day.date() if day else DEFAULT_DAY)
@@ -391,10 +406,11 @@ def demo(
     import time
     from pathlib import Path
 
-    from retry_pipeline.sim.demo import demo_table
-    from retry_pipeline.sim.harness import Options, SimulationError
-    from retry_pipeline.sim.harness import simulate as run_simulation
-    from retry_pipeline.sim.scenario import Scenario
+    require_simulation()
+    from simulation.demo import demo_table
+    from simulation.harness import Options, SimulationError
+    from simulation.harness import simulate as run_simulation
+    from simulation.scenario import Scenario
 
     started = time.monotonic()
     text = _post_holiday_json(applications, seed, day)

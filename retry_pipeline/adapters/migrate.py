@@ -1,21 +1,24 @@
-"""Run the Alembic migrations programmatically (``retry-pipeline db upgrade``, tests, simulate)."""
+"""Run the Alembic migrations programmatically (``retry-pipeline db upgrade``, tests, simulate).
+
+The migrations ship inside the package (``retry_pipeline/migrations``), so an
+installed wheel migrates without the checkout's ``alembic.ini``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from alembic import command
 from alembic.config import Config
 
-from alembic import command
-
-# alembic/ sits at the project root, beside the package (editable install or checkout).
-ROOT = Path(__file__).resolve().parents[2]
+MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 
 
 def alembic_config(database_url: str) -> Config:
-    """An Alembic config pointing at this project's migrations and ``database_url``."""
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "alembic"))
+    """An Alembic config pointing at the package's migrations and ``database_url``."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("path_separator", "os")
     cfg.attributes["database_url"] = database_url
     return cfg
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from retry_pipeline.sim.harness import Options, simulate
-from retry_pipeline.sim.redis_server import start_private_redis
-from retry_pipeline.sim.scenario import Scenario
+from simulation.harness import Options, simulate
+from simulation.redis_server import start_private_redis
+from simulation.scenario import Scenario
 
 IN_CI = bool(os.environ.get("CI"))
 TIME_SCALE = 600.0  # the contract: a business day in about a minute

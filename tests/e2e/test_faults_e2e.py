@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from retry_pipeline.sim.faults import FAULTS
-from retry_pipeline.sim.harness import Options, RunStats, run_simulation
-from retry_pipeline.sim.scenario import Scenario
+from simulation.faults import FAULTS
+from simulation.harness import Options, RunStats, run_simulation
+from simulation.scenario import Scenario
 
 pytestmark = pytest.mark.e2e
 

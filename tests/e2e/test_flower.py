@@ -23,7 +23,7 @@ import pytest
 
 from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.client import report_missing
-from retry_pipeline.sim.redis_server import free_port
+from simulation.redis_server import free_port
 
 pytest.importorskip("flower")
 pytestmark = pytest.mark.e2e

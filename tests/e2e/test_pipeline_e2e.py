@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 
 from retry_pipeline.adapters.db import make_engine
 from retry_pipeline.adapters.store import RetryStore
-from retry_pipeline.sim import examination
+from simulation import examination
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

@@ -34,7 +34,7 @@ from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.cli import main
 from retry_pipeline.messages import MAX_PAYLOAD_BYTES
 from retry_pipeline.model import DeadLetter
-from retry_pipeline.sim.redis_server import PrivateRedis, start_private_redis
+from simulation.redis_server import PrivateRedis, start_private_redis
 
 pytestmark = pytest.mark.redis
 

@@ -18,7 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
 from retry_pipeline.adapters.db import make_engine
-from retry_pipeline.adapters.migrate import ROOT, alembic_config, downgrade, upgrade
+from retry_pipeline.adapters.migrate import alembic_config, downgrade, upgrade
 from retry_pipeline.adapters.orm import Base
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.model import (
@@ -33,6 +33,7 @@ from retry_pipeline.model import (
     history_line,
 )
 
+ROOT = Path(__file__).resolve().parents[2]  # the checkout, where alembic.ini is
 TOKYO = ZoneInfo("Asia/Tokyo")
 TABLES = set(Base.metadata.tables)  # every table the ORM declares
 

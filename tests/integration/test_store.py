@@ -28,6 +28,7 @@ from retry_pipeline.model import (
     Report,
 )
 from retry_pipeline.policy import Cursor, Phase, advance_chain, start_chain
+from simulation.queries import count_live
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 SAFETY = CertificateKind.SAFETY
@@ -122,7 +123,7 @@ def test_r4_report_creates_one_chain_with_reported_history(
     with store.unit() as u:
         assert u.find_chain(subject.application) == chain
         assert u.get_chain(chain.chain_id) == chain
-        assert u.count_live() == 1
+        assert count_live(u.session) == 1
         (entry,) = u.history(application=subject.application)
     assert entry.event == "reported"
     assert entry.chain_id == chain.chain_id
@@ -150,7 +151,7 @@ def test_r4_second_report_merges_missing_into_the_same_chain(store: RetryStore) 
     assert rec.chain.detected_at == DETECTED
     assert rec.chain.version == first.version + 1
     with store.unit() as u:
-        assert u.count_live() == 1
+        assert count_live(u.session) == 1
         assert u.get_chain(first.chain_id) == rec.chain
         history = u.history(application=subject.application)
     assert [h.event for h in history] == ["reported", "merged"]
@@ -179,7 +180,7 @@ def test_r4_merge_of_already_missing_kind_adds_nothing(store: RetryStore) -> Non
     assert rec.chain.missing == frozenset({SAFETY, INSURANCE})
     assert rec.chain.attempts_made == 0
     with store.unit() as u:
-        assert u.count_live() == 1
+        assert count_live(u.session) == 1
         history = u.history(application=subject.application)
     assert [h.event for h in history] == ["reported", "merged"]
     assert history[1].detail == "added nothing"
@@ -203,7 +204,7 @@ def test_r4_other_applications_get_their_own_chains(store: RetryStore) -> None:
     b = record(store, two, {SAFETY})
     assert a.chain_id != b.chain_id
     with store.unit() as u:
-        assert u.count_live() == 2
+        assert count_live(u.session) == 2
 
 
 def _wait_for_lock_waiter(store: RetryStore, deadline_s: float = 10.0) -> None:
@@ -257,7 +258,7 @@ def test_r4_concurrent_report_waiting_on_uncommitted_insert_merges(store: RetryS
     assert b.chain.chain_id == a.chain.chain_id  # type: ignore[attr-defined]
     assert b.added == frozenset({INSURANCE})  # type: ignore[attr-defined]
     with store.unit() as u:
-        assert u.count_live() == 1
+        assert count_live(u.session) == 1
         chain = u.find_chain(subject.application)
     assert chain is not None
     assert chain.missing == frozenset({SAFETY, INSURANCE})
@@ -296,7 +297,7 @@ def test_r4_many_concurrent_duplicate_reports_give_one_chain(store: RetryStore) 
     assert sorted(created) == [False] * (n - 1) + [True]
     assert len(set(chain_ids)) == 1
     with store.unit() as u:
-        assert u.count_live() == 1
+        assert count_live(u.session) == 1
         chain = u.find_chain(subject.application)
         history = u.history(application=subject.application)
     assert chain is not None
@@ -528,7 +529,7 @@ def test_r5_end_chain_deletes_record_logs_and_writes_outbox(store: RetryStore) -
     with store.unit() as u:
         assert u.get_chain(chain.chain_id) is None
         assert u.find_chain(subject.application) is None
-        assert u.count_live() == 0
+        assert count_live(u.session) == 0
         assert u.pending_outcomes() == [pending]
         history = u.history(application=subject.application)
     assert [h.event for h in history] == ["reported", "auto_corrected"]
@@ -878,7 +879,7 @@ def test_log_immediate_writes_history_without_a_record(store: RetryStore) -> Non
             NOW,
         )
     with store.unit() as u:
-        assert u.count_live() == 0
+        assert count_live(u.session) == 0
         (entry,) = u.history(application=subject.application)
         rows = u.session.scalars(select(HistoryRow).where(HistoryRow.chain_id == chain_id)).all()
     assert entry.chain_id == chain_id

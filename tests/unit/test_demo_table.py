@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from retry_pipeline.sim.demo import NEXT_DAY, Span, demo_table, summarize
-from retry_pipeline.sim.scenario import Scenario
+from simulation.demo import NEXT_DAY, Span, demo_table, summarize
+from simulation.scenario import Scenario
 
 
 def report_(app: str, detected: str, procedure: str = "continuous") -> dict[str, Any]:

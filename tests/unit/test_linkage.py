@@ -18,7 +18,7 @@ from retry_pipeline.cli import main
 from retry_pipeline.config import Settings
 from retry_pipeline.model import CertificateKind
 from retry_pipeline.policy import plan_attempts
-from retry_pipeline.sim.linkage import (
+from simulation.linkage import (
     DEFAULT_DAY,
     Feed,
     Morning,
@@ -29,7 +29,7 @@ from retry_pipeline.sim.linkage import (
     post_holiday_scenario,
     run_linkage,
 )
-from retry_pipeline.sim.scenario import Scenario
+from simulation.scenario import Scenario
 
 JST = ZoneInfo("Asia/Tokyo")
 SAFETY, INSURANCE, COMPLETION = (

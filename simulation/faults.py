@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis
+from sqlalchemy.orm import Session
 
 from retry_pipeline import names
 from retry_pipeline.adapters.store import RetryStore
@@ -21,9 +22,9 @@ from retry_pipeline.calendar import BusinessCalendar, to_local
 from retry_pipeline.clock import FileClock
 from retry_pipeline.config import Settings
 from retry_pipeline.policy import plan_attempts
-from retry_pipeline.sim import queries
-from retry_pipeline.sim.processes import Progress, Run, client_app, queue_empty
-from retry_pipeline.sim.scenario import Scenario
+from simulation.processes import Progress, Run, client_app, queue_empty
+from simulation.queries import count_live
+from simulation.scenario import Scenario
 
 FAULTS = (
     "kill-worker",  # SIGKILL the worker (holding countdowns, maybe mid-transaction)
@@ -241,8 +242,8 @@ def build_injector(
         return True
 
     def live_count() -> int:
-        with store.unit() as u:
-            return queries.count_live(u.session)
+        with Session(store.engine) as session, session.begin():
+            return count_live(session)
 
     actions = {
         "kill-worker": kill_worker, "kill-beat": kill_beat, "two-beats": two_beats,

@@ -10,8 +10,8 @@ from typing import Any
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.calendar import BusinessCalendar, format_instant
 from retry_pipeline.model import Event, HistoryEntry
-from retry_pipeline.sim import examination
-from retry_pipeline.sim.faults import FaultStats
+from simulation import examination
+from simulation.faults import FaultStats
 
 
 @dataclass

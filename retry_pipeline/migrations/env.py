@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 from retry_pipeline.adapters.db import make_engine
 from retry_pipeline.adapters.orm import Base
 from retry_pipeline.config import Settings

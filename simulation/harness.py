@@ -30,9 +30,10 @@ from retry_pipeline.calendar import BusinessCalendar, format_instant
 from retry_pipeline.clock import FileClock
 from retry_pipeline.config import PREFIX, Settings
 from retry_pipeline.model import Certificate
-from retry_pipeline.sim import examination, queries
-from retry_pipeline.sim.faults import Injector, build_injector
-from retry_pipeline.sim.processes import (
+from simulation import examination
+from simulation.faults import Injector, build_injector
+from simulation.processes import (
+    EXAMINATION,
     Progress,
     Run,
     SimulationError,
@@ -40,7 +41,8 @@ from retry_pipeline.sim.processes import (
     queue_empty,
     wait_ready,
 )
-from retry_pipeline.sim.report import (
+from simulation.queries import snapshot
+from simulation.report import (
     RunStats,
     application_of,
     build_report,
@@ -48,7 +50,7 @@ from retry_pipeline.sim.report import (
     max_lateness,
     outcomes_per_application,
 )
-from retry_pipeline.sim.scenario import Scenario
+from simulation.scenario import Scenario
 
 __all__ = ["Options", "RunStats", "SimulationError", "run_simulation", "simulate"]
 
@@ -70,7 +72,7 @@ class Options:
     workdir: Path | None = None  # keep the database and logs here instead of a temp dir
     on_started: Callable[[Run], None] | None = None  # hook for fault injection
     loglevel: str = "WARNING"  # of the worker and beat logs in the workdir
-    faults: tuple[str, ...] = ()  # see sim/faults.py; forces a private Redis
+    faults: tuple[str, ...] = ()  # see simulation/faults.py; forces a private Redis
     fault_seed: int = 0
 
 
@@ -137,7 +139,7 @@ def run_simulation(
                 scenario.config.new_inspection_retry_from.isoformat()
             )
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")] if p
+            p for p in [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")] if p
         )
         run = Run(
             workdir,
@@ -150,6 +152,7 @@ def run_simulation(
             private,
         )
         run.start("worker")
+        run.start(EXAMINATION)
         wait_ready(broker_url, run, 60)
         run.start("beat")
         FileClock.write(clock_file, origin, options.time_scale)
@@ -235,12 +238,9 @@ def _drive(
             else:
                 body = reports[index].model_dump(mode="json", exclude_none=True)
                 run.send_report(body)
-        with store.unit() as u:  # one snapshot: processed reports and the chains they made
-            processed = queries.count_reports_processed(u.session)
-            live = queries.count_live(u.session)
-            earliest = queries.earliest_slot(u.session)
-            unsent = u.outbox.count_unconfirmed()
-            refused = {application_of(d.payload) for d in u.dead_letters.newest(10_000)}
+        seen = snapshot(engine)  # one transaction: processed reports and what they made
+        processed, live, earliest, unsent = seen.processed, seen.live, seen.earliest, seen.unsent
+        refused = {application_of(payload) for payload in seen.refused_payloads}
         decided = {o.application for o in examination.received(engine)}
         if time.monotonic() - last_said > 2:
             say(

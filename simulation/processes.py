@@ -20,9 +20,10 @@ from celery import Celery
 from retry_pipeline.client import report_missing
 from retry_pipeline.config import PREFIX
 from retry_pipeline.errors import RetryPipelineError
-from retry_pipeline.sim.redis_server import PrivateRedis, answers, start_private_redis
+from simulation.redis_server import PrivateRedis, answers, start_private_redis
 
 MAX_RESTARTS = 30
+EXAMINATION = "examination"  # the process of the stand-in examination side
 
 Progress = Callable[[str], None]
 
@@ -86,12 +87,18 @@ class Run:
         self.stop(name)
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         celery = [sys.executable, "-m", "celery", "-A", "retry_pipeline.tasks"]
+        quiet = f"--without-gossip --without-mingle --loglevel {self.loglevel}".split()
+        fresh = f"{os.getpid()}-{time.monotonic_ns()}@%h"  # a fresh node per (re)start
         if name == "worker":
-            node = f"sim-{os.getpid()}-{time.monotonic_ns()}@%h"  # a fresh node per (re)start
             cmd = [
-                *celery, "worker", "-Q", f"{self.queue},{self.examination_queue}", "-n", node,
-                *f"-c {self.concurrency} -P prefork -I retry_pipeline.sim.examination".split(),
-                *f"--without-gossip --without-mingle --loglevel {self.loglevel}".split(),
+                *celery, "worker", "-Q", self.queue, "-n", f"sim-{fresh}",
+                *f"-c {self.concurrency} -P prefork".split(), *quiet,
+            ]  # fmt: skip
+        elif name == EXAMINATION:
+            # The stand-in examination side: its own app, in a process of its own.
+            cmd = [
+                sys.executable, "-m", "celery", "-A", "simulation.examination", "worker",
+                "-Q", self.examination_queue, "-n", f"exam-{fresh}", "-P", "solo", *quiet,
             ]  # fmt: skip
         else:
             schedule = str(self.workdir / f"{name}-schedule")
@@ -164,14 +171,22 @@ def wait_ready(broker_url: str, run: Run, deadline_s: float) -> None:
     probe = Celery("sim-probe", broker=broker_url, set_as_current=False)
     probe.conf.update(accept_content=["json"], broker_connection_retry_on_startup=True)
     end = time.monotonic() + deadline_s
+    waiting = {"sim-": "worker", "exam-": EXAMINATION}  # node prefix -> process name
     try:
         while time.monotonic() < end:
-            proc = run.processes.get("worker")
-            if proc is not None and proc.poll() is not None:
-                raise SimulationError("worker exited at start:\n" + run.log_tail("worker"))
-            if probe.control.ping(timeout=0.5):
+            for name in waiting.values():
+                proc = run.processes.get(name)
+                if proc is not None and proc.poll() is not None:
+                    raise SimulationError(f"{name} exited at start:\n" + run.log_tail(name))
+            for reply in probe.control.ping(timeout=0.5) or []:
+                for node in reply:
+                    for prefix in [p for p in waiting if node.startswith(p)]:
+                        del waiting[prefix]
+            if not waiting:
                 return
-        raise SimulationError("worker did not answer in time:\n" + run.log_tail("worker"))
+        names = ", ".join(waiting.values())
+        tails = "\n".join(f"--- {n}\n" + run.log_tail(n) for n in waiting.values())
+        raise SimulationError(f"{names} did not answer in time:\n" + tails)
     finally:
         probe.close()
 

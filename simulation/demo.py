@@ -14,7 +14,7 @@ from typing import Any
 
 from retry_pipeline.calendar import BusinessCalendar, parse_instant, to_local
 from retry_pipeline.config import Settings
-from retry_pipeline.sim.scenario import Scenario
+from simulation.scenario import Scenario
 
 NEXT_DAY = "next-day 08:30"  # R11: the one attempt of a chain parked at the close
 COLUMNS = ("1", "2", "3", "4", "5", "6", NEXT_DAY)

@@ -1,8 +1,10 @@
 """A stand-in examination side for simulations: records every outcome it receives over Celery.
 
-Loaded into the simulation's worker with ``-I retry_pipeline.sim.examination``.
-Deliveries are at least once; the idempotency key makes a second one a no-op
-(it is counted, so tests can see redeliveries).
+It is its own Celery app (``celery -A simulation.examination worker``), run by the
+harness as a process of its own beside the pipeline's worker, as the real
+examination side is: nothing is registered on the pipeline's app. Deliveries are
+at least once; the idempotency key makes a second one a no-op (it is counted, so
+tests can see redeliveries).
 """
 
 from __future__ import annotations
@@ -11,12 +13,45 @@ import os
 from functools import cache
 from typing import Any
 
+from celery import Celery
 from sqlalchemy import JSON, Engine, Integer, String, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from retry_pipeline.adapters.db import make_engine
-from retry_pipeline.tasks import app
+from retry_pipeline.config import PREFIX
+
+_env = os.environ.get
+
+
+def _make_app() -> Celery:
+    """The examination side's own app: same broker and delivery settings as the pipeline."""
+    exam = Celery("simulation-examination", set_as_current=False)
+    exam.conf.update(
+        broker_url=_env(f"{PREFIX}BROKER_URL", "redis://127.0.0.1:6379/0"),
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={
+            "visibility_timeout": int(_env(f"{PREFIX}VISIBILITY_TIMEOUT_S", "3600")),
+        },
+        broker_connection_retry_on_startup=True,
+        task_default_queue=_env(f"{PREFIX}EXAMINATION_QUEUE", "examination"),
+        task_create_missing_queues=True,
+        timezone="Asia/Tokyo",
+        enable_utc=True,
+        worker_hijack_root_logger=False,
+    )
+    return exam
+
+
+app = _make_app()
 
 
 class SimBase(DeclarativeBase):
@@ -41,7 +76,7 @@ class ReceivedOutcome(SimBase):
 
 @cache
 def _engine() -> Engine:
-    return make_engine(os.environ["RETRY_PIPELINE_DATABASE_URL"])
+    return make_engine(os.environ[f"{PREFIX}DATABASE_URL"])
 
 
 def create_tables(engine: Engine) -> None:
@@ -87,7 +122,7 @@ def _receive(task: str, body: dict[str, Any]) -> None:
     app.send_task(
         "retry_pipeline.confirm_outcome",
         args=[body["idempotency_key"]],
-        queue=os.environ.get("RETRY_PIPELINE_QUEUE", "retry_pipeline"),
+        queue=_env(f"{PREFIX}QUEUE", "retry_pipeline"),
     )
 
 

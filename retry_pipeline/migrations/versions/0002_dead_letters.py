@@ -8,9 +8,9 @@ Create Date: 2026-11-25
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from alembic import op
 
 import retry_pipeline.adapters.orm
-from alembic import op
 
 revision: str = "0002"
 down_revision: str | None = "0001"

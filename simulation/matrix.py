@@ -6,9 +6,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from retry_pipeline.sim.faults import FAULTS
-from retry_pipeline.sim.harness import Options, RunStats, run_simulation
-from retry_pipeline.sim.scenario import Scenario
+from simulation.faults import FAULTS
+from simulation.harness import Options, RunStats, run_simulation
+from simulation.scenario import Scenario
 
 
 @dataclass(frozen=True)
@@ -124,8 +124,6 @@ def render(rows: Sequence[Row], scenario: Scenario, seeds: Sequence[int], comman
         "- *process restarts*: processes that exited by themselves and were restarted by the "
         "harness acting as supervisor (the worker exits when Redis restarts under it); "
         "killed processes are restarted by the fault itself and not counted here.",
-        "- Faults: "
-        + "; ".join(f"`{f}`" for f in FAULTS)
-        + " (see `retry_pipeline/sim/faults.py`).",
+        "- Faults: " + "; ".join(f"`{f}`" for f in FAULTS) + " (see `simulation/faults.py`).",
     ]
     return "\n".join(lines) + "\n"
