@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from retry_pipeline.calendar import BusinessCalendar
+from retry_pipeline.calendar import BusinessCalendar, format_instant
 from retry_pipeline.model import CertificateKind, Chain, Cursor, Report, sorted_kinds
 from retry_pipeline.policy import start_chain
 from retry_pipeline.rules import Admission
@@ -66,7 +66,7 @@ def decide_report(
         # A redelivered or repeated report: a new detection comes after pre-review
         # resumed, i.e. after that decision.
         return ReportDecision(
-            Action.DUPLICATE, f"duplicate report: already decided at {decided[1].isoformat()}"
+            Action.DUPLICATE, f"duplicate report: already decided at {format_instant(decided[1])}"
         )
     if not admission.retry:
         return ReportDecision(Action.AUTO_CORRECT, admission.reason)

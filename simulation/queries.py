@@ -17,7 +17,6 @@ from retry_pipeline.model import Event
 from retry_pipeline.names import REPORT_MISSING as REPORT_TASK
 
 
-
 def count_live(session: Session) -> int:
     """How many chains are live."""
     return int(session.scalar(select(func.count()).select_from(ChainRow)) or 0)

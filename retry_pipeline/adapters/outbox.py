@@ -101,13 +101,14 @@ class SqlOutbox:
             )
 
     def confirm(self, idempotency_key: str, now: datetime) -> bool:
-        result = self.session.execute(
+        ours = OutboxRow.idempotency_key == idempotency_key
+        self.session.execute(
             update(OutboxRow)
-            .where(OutboxRow.idempotency_key == idempotency_key)
-            .values(confirmed_at=func.coalesce(OutboxRow.confirmed_at, now))
+            .where(ours, OutboxRow.confirmed_at.is_(None))  # the first confirmation stays
+            .values(confirmed_at=now)
             .execution_options(synchronize_session=False)
         )
-        return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+        return bool(self.session.scalar(select(func.count()).select_from(OutboxRow).where(ours)))
 
     def count_unconfirmed(self) -> int:
         stmt = select(func.count()).select_from(OutboxRow).where(OutboxRow.confirmed_at.is_(None))

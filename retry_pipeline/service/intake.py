@@ -198,10 +198,13 @@ class _Writes:
         self.lines.append(ending_line(ending, self.now))
 
     def commit(self, u: UnitOfWork) -> None:
-        """Inserts first: a concurrent report's record makes them fail before anything else."""
+        """Endings first (a new chain may follow an ended one), then the new records.
+
+        A concurrent report's record or outcome fails them before anything else is written.
+        """
+        end_chains(self.deps, u, self.endings, self.now)
         u.chains.insert(list(self.new.values()), self.now)
         u.chains.save(list(self.changed.values()), self.now)
         u.history.append(self.lines)
-        end_chains(self.deps, u, self.endings, self.now)
         for slot in sorted(self.slots):
             u.after_commit(lambda t=slot: self.deps.slots.send_once(t))  # type: ignore[misc]

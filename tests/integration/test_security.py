@@ -47,7 +47,6 @@ from retry_pipeline.model import (
 from retry_pipeline.policy import start_chain
 from retry_pipeline.service.outcomes import ending_line
 from retry_pipeline.views import office_view, render_office_view
-from simulation.queries import count_live
 from simulation.redis_server import free_port, redis_binary
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,224 +1,54 @@
-"""The task logic (RetryService) over the real store on SQLite and PostgreSQL.
+"""The use cases (``Pipeline``) over the real store on SQLite and PostgreSQL.
 
 The registry reads the same database; the clock is a FixedClock moved by hand; the
-Dispatcher and the ExaminationGateway are in-memory fakes that record what the
-service sends. Every expected time is a literal Japan-time datetime.
+Dispatcher and the ExaminationGateway are the recording fakes of ``tests/fakes.py``.
+Every expected time is a literal Japan-time datetime. The same scenarios run without
+a database in ``tests/unit/test_service_fakes.py``.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import datetime
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine
 
-from retry_pipeline.adapters.db import make_engine, make_sessions
-from retry_pipeline.adapters.orm import OutboxRow
-from retry_pipeline.adapters.outbox import PendingOutcome
-from retry_pipeline.adapters.registry import SqlCertificateRegistry, to_row
+from retry_pipeline.adapters.db import make_engine
 from retry_pipeline.adapters.store import RetryStore
-from retry_pipeline.calendar import BusinessCalendar
-from retry_pipeline.clock import FixedClock
 from retry_pipeline.config import Settings
 from retry_pipeline.errors import InvalidReport, NotARetryTarget
-from retry_pipeline.model import (
-    Application,
-    Certificate,
-    CertificateKind,
-    Chain,
-    CompletionCertificate,
-    InsuranceCertificate,
-    Outcome,
-    Procedure,
-    Report,
-    SafetyCertificate,
+from retry_pipeline.model import CertificateKind, Dispatch, Outcome, Phase, Procedure
+from retry_pipeline.service.intake import Accepted
+from tests.fakes import (
+    COMPLETION,
+    INSURANCE,
+    NEW_FROM,
+    SAFETY,
+    TOKYO,
+    Harness,
+    completion_for,
+    continuous,
+    insurance,
+    new_inspection,
+    one_outcome,
+    over_sql,
+    report,
+    safety_for,
+    uid,
 )
-from retry_pipeline.policy import Phase
-from retry_pipeline.service import Accepted, Dispatch, RetryService
 
-TOKYO = ZoneInfo("Asia/Tokyo")
-SAFETY = CertificateKind.SAFETY
-INSURANCE = CertificateKind.INSURANCE
-COMPLETION = CertificateKind.COMPLETION
-INSPECTED = date(2026, 11, 20)  # R2: valid 2026-11-20 .. 2026-12-04
-ISSUED = date(2026, 10, 1)  # R2: completion valid through 2027-06-30
-NEW_FROM = date(2026, 12, 1)  # new_inspection_retry_from in the new-inspection tests
-
-
-# -- fakes -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Message:
-    """An attempt message: one chain's attempt, or (``attempt`` None) a whole slot's."""
-
-    slot: datetime
-    attempt: Dispatch | None = None
-
-
-@dataclass
-class RecordingDispatcher:
-    """Dispatcher fake: keeps every attempt message in order, sends nothing."""
-
-    messages: list[Message] = field(default_factory=list)
-
-    def send_attempt(self, dispatch: Dispatch) -> None:
-        self.messages.append(Message(dispatch.slot, dispatch))
-
-    def send_slot(self, slot: datetime) -> None:
-        self.messages.append(Message(slot))
-
-    def slots(self) -> list[datetime]:
-        """The slot (ETA) of every message sent, in order."""
-        return [m.slot for m in self.messages]
-
-    def count_for(self, chain_id: str, slot: datetime) -> int:
-        """Messages that would run ``chain_id``'s attempt at ``slot``."""
-        return sum(
-            1
-            for m in self.messages
-            if m.slot == slot and (m.attempt is None or m.attempt.chain_id == chain_id)
-        )
-
-
-@dataclass
-class RecordingGateway:
-    """ExaminationGateway fake: keeps every outcome; raises on the next ``failures`` calls."""
-
-    delivered: list[PendingOutcome] = field(default_factory=list)
-    failures: int = 0
-
-    def deliver(self, outcome: PendingOutcome) -> None:
-        if self.failures > 0:
-            self.failures -= 1
-            raise ConnectionError("examination side unreachable")
-        self.delivered.append(outcome)
-
-
-@dataclass
-class Pipeline:
-    """The service with its clock and fakes, for one test."""
-
-    service: RetryService
-    store: RetryStore
-    clock: FixedClock
-    dispatcher: RecordingDispatcher
-    gateway: RecordingGateway
-    insert: Callable[..., None]
-    ran: set[int] = field(default_factory=set)  # indexes of messages already run
-
-    def at(self, instant: datetime) -> None:
-        self.clock.current = instant
-
-    def chain(self, application: str) -> Chain | None:
-        with self.store.unit() as u:
-            return u.find_chain(application)
-
-    def live(self, application: str) -> Chain:
-        chain = self.chain(application)
-        assert chain is not None, f"{application} has no live chain"
-        return chain
-
-    def events(self, application: str) -> list[str]:
-        with self.store.unit() as u:
-            return [h.event for h in u.history(application=application)]
-
-    def outbox_rows(self, application: str) -> int:
-        with self.store.unit() as u:
-            n = u.session.scalar(
-                select(func.count())
-                .select_from(OutboxRow)
-                .where(OutboxRow.application == application)
-            )
-        return int(n or 0)
-
-    def outcome_of(self, application: str) -> str | None:
-        with self.store.unit() as u:
-            return u.session.scalar(
-                select(OutboxRow.outcome)
-                .where(OutboxRow.application == application)
-                .order_by(OutboxRow.id.desc())
-                .limit(1)
-            )
-
-    def attempt_slots(self, application: str) -> list[datetime]:
-        """Slots of the attempts made (history), the deciding one included."""
-        with self.store.unit() as u:
-            return [
-                h.slot
-                for h in u.history(application=application)
-                if h.slot is not None and h.attempt_no is not None
-            ]
-
-    def deliver(self, slot: datetime) -> None:
-        """Run every message sent for ``slot`` not run yet, as the worker would."""
-        for i, m in enumerate(self.dispatcher.messages):
-            if m.slot != slot or i in self.ran:
-                continue
-            self.ran.add(i)
-            if m.attempt is None:
-                self.service.run_slot(m.slot)
-            else:
-                self.service.run_attempt(m.attempt.chain_id, m.attempt.attempt_no, m.slot)
-
-    def walk(self, chain_id: str, application: str, slots: list[datetime]) -> list[str]:
-        """At each slot: beat's tick, then the message the countdown or the tick sent.
-
-        Each step gives ``next``, ``parked-after`` (R10: the chain parked after this
-        attempt) or the outcome that ended the chain.
-        """
-        results = []
-        for slot in slots:
-            before = self.live(application)
-            self.at(slot)
-            self.service.tick()
-            count = self.dispatcher.count_for(chain_id, slot)
-            assert count == 1, (slot, self.dispatcher.messages)  # exactly one message
-            self.at(slot + timedelta(seconds=2))
-            self.deliver(slot)
-            after = self.chain(application)
-            if after is None:
-                results.append(self.outcome_of(application) or "lost")
-                continue
-            assert after.attempts_made == before.attempts_made + 1, (slot, after)
-            parked_now = after.cursor.parked and not before.cursor.parked
-            results.append("parked-after" if parked_now else "next")
-        return results
-
-
-PipelineFactory = Callable[..., Pipeline]
+HarnessFactory = Callable[..., Harness]
 
 
 @pytest.fixture
-def make_pipeline(store: RetryStore, db_url: str) -> Iterator[PipelineFactory]:
-    engines = []
+def make_pipeline(store: RetryStore, db_url: str) -> Iterator[HarnessFactory]:
+    engines: list[Engine] = []
 
-    def _make(settings: Settings | None = None) -> Pipeline:
-        settings = settings or Settings()
+    def _make(settings: Settings | None = None) -> Harness:
         engine = make_engine(db_url, write_lock=False)
         engines.append(engine)
-        clock = FixedClock(datetime(2026, 11, 27, 8, 0, tzinfo=TOKYO))
-        dispatcher = RecordingDispatcher()
-        gateway = RecordingGateway()
-        service = RetryService(
-            store=store,
-            registry=SqlCertificateRegistry(engine, settings),
-            calendar=BusinessCalendar(settings),
-            clock=clock,
-            dispatcher=dispatcher,
-            gateway=gateway,
-        )
-        sessions = make_sessions(store.engine)
-
-        def insert(*certs: Certificate) -> None:
-            with sessions() as session, session.begin():
-                session.add_all([to_row(c) for c in certs])
-
-        return Pipeline(service, store, clock, dispatcher, gateway, insert)
+        return over_sql(store, store.engine, engine, settings)
 
     yield _make
     for engine in engines:
@@ -226,94 +56,29 @@ def make_pipeline(store: RetryStore, db_url: str) -> Iterator[PipelineFactory]:
 
 
 @pytest.fixture
-def p(make_pipeline: PipelineFactory) -> Pipeline:
+def p(make_pipeline: HarnessFactory) -> Harness:
     return make_pipeline()
 
 
 @pytest.fixture
-def p_new(make_pipeline: PipelineFactory) -> Pipeline:
+def p_new(make_pipeline: HarnessFactory) -> Harness:
     """New-inspection retries in force from 2026-12-01 (R1)."""
     return make_pipeline(Settings(new_inspection_retry_from=NEW_FROM))
-
-
-# -- builders ----------------------------------------------------------------------
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:16]}"
-
-
-def continuous() -> Application:
-    return Application(uid("app"), "OFFICE-A", Procedure.CONTINUOUS, uid("VIN"))
-
-
-def new_inspection() -> Application:
-    return Application(uid("app"), "OFFICE-A", Procedure.NEW, uid("VIN"), "INS-9", uid("NO"))
-
-
-def report(
-    subject: Application,
-    missing: set[CertificateKind],
-    detected_at: datetime,
-    confirmed: set[CertificateKind] | None = None,
-) -> Report:
-    return Report(subject, frozenset(missing), frozenset(confirmed or set()), detected_at)
-
-
-def safety_for(
-    subject: Application,
-    available_at: datetime,
-    *,
-    insurance_no: str,
-    deleted_at: datetime | None = None,
-) -> SafetyCertificate:
-    return SafetyCertificate(
-        id=uid("S"),
-        vehicle=subject.vehicle,
-        inspected_on=INSPECTED,
-        insurer_id="INS-1",
-        insurance_no=insurance_no,
-        available_at=available_at,
-        deleted_at=deleted_at,
-    )
-
-
-def insurance(insurer_id: str, insurance_no: str, available_at: datetime) -> InsuranceCertificate:
-    return InsuranceCertificate(
-        id=uid("I"),
-        insurer_id=insurer_id,
-        insurance_no=insurance_no,
-        vehicle="VIN-any",
-        available_at=available_at,
-    )
-
-
-def completion_for(subject: Application, available_at: datetime) -> CompletionCertificate:
-    return CompletionCertificate(
-        id=uid("C"), vehicle=subject.vehicle, issued_on=ISSUED, available_at=available_at
-    )
-
-
-def one_outcome(p: Pipeline) -> PendingOutcome:
-    assert len(p.gateway.delivered) == 1, p.gateway.delivered
-    return p.gateway.delivered[0]
 
 
 # -- accept_report: R7, R12, R13 -----------------------------------------------------
 
 
-def test_r7_report_records_the_chain_and_sends_attempt_1_for_its_slot(p: Pipeline) -> None:
+def test_r7_report_records_the_chain_and_sends_attempt_1_for_its_slot(p: Harness) -> None:
     subject = continuous()
     p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    accepted = p.service.accept_report(
+    accepted = p.pipeline.accept_report(
         report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO))
     )
     assert accepted.retry and accepted.created
     assert accepted.next_slot == datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)
-    assert p.dispatcher.slots() == [datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)]
-    assert (
-        p.dispatcher.count_for(accepted.chain_id, datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)) == 1
-    )
+    assert p.dispatcher.sent == [datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)]
+    assert p.dispatcher.count(datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)) == 1
     chain = p.live(subject.application)
     assert chain.chain_id == accepted.chain_id
     assert chain.missing == {SAFETY}
@@ -324,18 +89,18 @@ def test_r7_report_records_the_chain_and_sends_attempt_1_for_its_slot(p: Pipelin
     assert p.events(subject.application) == ["reported"]
 
 
-def test_r12_report_with_no_slot_left_waits_for_the_next_opening_tick(p: Pipeline) -> None:
+def test_r12_report_with_no_slot_left_waits_for_the_next_opening_tick(p: Harness) -> None:
     subject = continuous()
     p.at(datetime(2026, 11, 27, 15, 55, 5, tzinfo=TOKYO))  # Fri, close 16:00
-    accepted = p.service.accept_report(
+    accepted = p.pipeline.accept_report(
         report(subject, {SAFETY}, datetime(2026, 11, 27, 15, 55, tzinfo=TOKYO))
     )
     assert accepted.retry
     assert accepted.next_slot == datetime(2026, 11, 30, 8, 30, tzinfo=TOKYO)
-    assert p.dispatcher.messages == []  # not a countdown across the weekend (DESIGN 2)
+    assert p.dispatcher.sent == []  # not a countdown across the weekend (DESIGN 2)
     assert p.live(subject.application).cursor.parked
     p.at(datetime(2026, 11, 27, 16, 0, tzinfo=TOKYO))
-    assert p.service.tick().dispatched == []
+    assert p.pipeline.tick().dispatched == []
     results = p.walk(
         accepted.chain_id, subject.application, [datetime(2026, 11, 30, 8, 30, tzinfo=TOKYO)]
     )
@@ -343,14 +108,14 @@ def test_r12_report_with_no_slot_left_waits_for_the_next_opening_tick(p: Pipelin
     assert one_outcome(p).decided_at == datetime(2026, 11, 30, 8, 30, tzinfo=TOKYO)
 
 
-def test_r13_report_on_sunday_starts_six_attempts_at_monday_opening(p: Pipeline) -> None:
+def test_r13_report_on_sunday_starts_six_attempts_at_monday_opening(p: Harness) -> None:
     subject = continuous()
     p.at(datetime(2026, 11, 29, 10, 0, 5, tzinfo=TOKYO))  # Sunday
-    accepted = p.service.accept_report(
+    accepted = p.pipeline.accept_report(
         report(subject, {SAFETY}, datetime(2026, 11, 29, 10, 0, tzinfo=TOKYO))
     )
     assert accepted.next_slot == datetime(2026, 11, 30, 8, 30, tzinfo=TOKYO)
-    assert p.dispatcher.messages == []  # R13: waits for the 08:30 tick
+    assert p.dispatcher.sent == []  # R13: waits for the 08:30 tick
     assert p.live(subject.application).cursor.phase is Phase.FRESH
     results = p.walk(
         accepted.chain_id,
@@ -370,18 +135,18 @@ def test_r13_report_on_sunday_starts_six_attempts_at_monday_opening(p: Pipeline)
     assert outcome.missing == ("safety",)
 
 
-def test_r13_report_before_opening_starts_at_that_days_0830_tick(p: Pipeline) -> None:
+def test_r13_report_before_opening_starts_at_that_days_0830_tick(p: Harness) -> None:
     subject = continuous()
     p.at(datetime(2026, 11, 27, 7, 0, 5, tzinfo=TOKYO))  # Fri, before the opening
-    accepted = p.service.accept_report(
+    accepted = p.pipeline.accept_report(
         report(subject, {SAFETY}, datetime(2026, 11, 27, 7, 0, tzinfo=TOKYO))
     )
     assert accepted.next_slot == datetime(2026, 11, 27, 8, 30, tzinfo=TOKYO)
-    assert p.dispatcher.messages == []
+    assert p.dispatcher.sent == []
     p.at(datetime(2026, 11, 27, 8, 20, tzinfo=TOKYO))
-    assert p.service.tick().dispatched == []
+    assert p.pipeline.tick().dispatched == []
     p.at(datetime(2026, 11, 27, 8, 30, tzinfo=TOKYO))
-    assert p.service.tick().dispatched == [
+    assert p.pipeline.tick().dispatched == [
         Dispatch(accepted.chain_id, 1, datetime(2026, 11, 27, 8, 30, tzinfo=TOKYO))
     ]
 
@@ -394,33 +159,33 @@ def test_r13_report_before_opening_starts_at_that_days_0830_tick(p: Pipeline) ->
     [(Procedure.CONTINUOUS, COMPLETION), (Procedure.NEW, SAFETY)],
 )
 def test_r1_pair_that_is_not_a_target_is_refused(
-    p_new: Pipeline, procedure: Procedure, kind: CertificateKind
+    p_new: Harness, procedure: Procedure, kind: CertificateKind
 ) -> None:
     subject = new_inspection() if procedure is Procedure.NEW else continuous()
     p_new.at(datetime(2026, 12, 1, 10, 5, 5, tzinfo=TOKYO))
     with pytest.raises(NotARetryTarget):
-        p_new.service.accept_report(
+        p_new.pipeline.accept_report(
             report(subject, {kind}, datetime(2026, 12, 1, 10, 5, tzinfo=TOKYO))
         )
     assert p_new.chain(subject.application) is None
     assert p_new.events(subject.application) == []
     assert p_new.outbox_rows(subject.application) == 0
-    assert p_new.dispatcher.messages == []
+    assert p_new.dispatcher.sent == []
     assert p_new.gateway.delivered == []
 
 
 def test_r1_new_inspection_before_its_start_date_is_auto_corrected_at_once(
-    p_new: Pipeline,
+    p_new: Harness,
 ) -> None:
     subject = new_inspection()
     p_new.at(datetime(2026, 11, 30, 10, 5, 5, tzinfo=TOKYO))  # the day before NEW_FROM
-    accepted = p_new.service.accept_report(
+    accepted = p_new.pipeline.accept_report(
         report(subject, {COMPLETION}, datetime(2026, 11, 30, 10, 5, tzinfo=TOKYO))
     )
     assert not accepted.retry
     assert accepted.next_slot is None
     assert p_new.chain(subject.application) is None
-    assert p_new.dispatcher.messages == []
+    assert p_new.dispatcher.sent == []
     outcome = one_outcome(p_new)
     assert outcome.application == subject.application
     assert outcome.outcome is Outcome.AUTO_CORRECTED
@@ -428,24 +193,24 @@ def test_r1_new_inspection_before_its_start_date_is_auto_corrected_at_once(
     assert outcome.missing == ("completion",)
 
 
-def test_r1_new_inspection_is_not_retried_while_no_start_date_is_set(p: Pipeline) -> None:
+def test_r1_new_inspection_is_not_retried_while_no_start_date_is_set(p: Harness) -> None:
     subject = new_inspection()
     p.at(datetime(2026, 12, 1, 10, 5, 5, tzinfo=TOKYO))
-    accepted = p.service.accept_report(
+    accepted = p.pipeline.accept_report(
         report(subject, {COMPLETION}, datetime(2026, 12, 1, 10, 5, tzinfo=TOKYO))
     )
     assert not accepted.retry
     assert one_outcome(p).decided_at == datetime(2026, 12, 1, 10, 5, tzinfo=TOKYO)
 
 
-def test_r1_new_inspection_on_its_start_date_is_retried(p_new: Pipeline) -> None:
+def test_r1_new_inspection_on_its_start_date_is_retried(p_new: Harness) -> None:
     subject = new_inspection()
     p_new.at(datetime(2026, 12, 1, 10, 5, 5, tzinfo=TOKYO))
-    accepted = p_new.service.accept_report(
+    accepted = p_new.pipeline.accept_report(
         report(subject, {COMPLETION}, datetime(2026, 12, 1, 10, 5, tzinfo=TOKYO))
     )
     assert accepted.retry and accepted.created
-    assert p_new.dispatcher.slots() == [datetime(2026, 12, 1, 10, 10, tzinfo=TOKYO)]
+    assert p_new.dispatcher.sent == [datetime(2026, 12, 1, 10, 10, tzinfo=TOKYO)]
     p_new.insert(completion_for(subject, datetime(2026, 12, 1, 10, 8, tzinfo=TOKYO)))
     p_new.insert(
         insurance("INS-9", subject.insurance_no or "", datetime(2026, 12, 1, 9, 0, tzinfo=TOKYO))
@@ -463,11 +228,11 @@ def test_r1_new_inspection_on_its_start_date_is_retried(p_new: Pipeline) -> None
 
 
 def test_r3_confirmed_and_missing_at_report_time_is_auto_corrected_at_once(
-    p: Pipeline,
+    p: Harness,
 ) -> None:
     subject = continuous()
     p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    accepted = p.service.accept_report(
+    accepted = p.pipeline.accept_report(
         report(
             subject,
             {INSURANCE},
@@ -478,7 +243,7 @@ def test_r3_confirmed_and_missing_at_report_time_is_auto_corrected_at_once(
     assert not accepted.retry and accepted.created
     assert "R3" in accepted.reason
     assert p.chain(subject.application) is None
-    assert p.dispatcher.messages == []
+    assert p.dispatcher.sent == []
     outcome = one_outcome(p)
     assert outcome.application == subject.application
     assert outcome.outcome is Outcome.AUTO_CORRECTED
@@ -488,32 +253,32 @@ def test_r3_confirmed_and_missing_at_report_time_is_auto_corrected_at_once(
     assert p.events(subject.application) == ["auto_corrected"]
 
 
-def test_r3_duplicate_immediate_report_gives_one_outcome(p: Pipeline) -> None:
+def test_r3_duplicate_immediate_report_gives_one_outcome(p: Harness) -> None:
     subject = continuous()
     same = report(
         subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO), confirmed={SAFETY}
     )
     p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    first = p.service.accept_report(same)
+    first = p.pipeline.accept_report(same)
     p.at(datetime(2026, 11, 27, 8, 36, 9, tzinfo=TOKYO))  # a redelivered message
-    second = p.service.accept_report(same)
+    second = p.pipeline.accept_report(same)
     assert second.chain_id == first.chain_id
     assert not second.retry and not second.created
     assert one_outcome(p).idempotency_key == f"{first.chain_id}:auto_corrected"
     assert p.outbox_rows(subject.application) == 1
     assert p.events(subject.application).count("auto_corrected") == 1
-    assert p.service.relay() == 0
+    assert p.pipeline.relay() == 0
 
 
 # -- R4 --------------------------------------------------------------------------------
 
 
 def test_r4_second_report_merges_into_the_live_chain_without_restarting_it(
-    p_new: Pipeline,
+    p_new: Harness,
 ) -> None:
     subject = new_inspection()
     p_new.at(datetime(2026, 12, 1, 10, 5, 5, tzinfo=TOKYO))
-    first = p_new.service.accept_report(
+    first = p_new.pipeline.accept_report(
         report(subject, {COMPLETION}, datetime(2026, 12, 1, 10, 5, tzinfo=TOKYO))
     )
     results = p_new.walk(
@@ -521,7 +286,7 @@ def test_r4_second_report_merges_into_the_live_chain_without_restarting_it(
     )
     assert results == ["next"]
     p_new.at(datetime(2026, 12, 1, 10, 12, 5, tzinfo=TOKYO))
-    second = p_new.service.accept_report(
+    second = p_new.pipeline.accept_report(
         report(subject, {INSURANCE}, datetime(2026, 12, 1, 10, 12, tzinfo=TOKYO))
     )
     assert second.chain_id == first.chain_id
@@ -530,7 +295,7 @@ def test_r4_second_report_merges_into_the_live_chain_without_restarting_it(
     chain = p_new.live(subject.application)
     assert chain.missing == {COMPLETION, INSURANCE}
     assert chain.attempts_made == 1
-    assert p_new.dispatcher.slots() == [
+    assert p_new.dispatcher.sent == [
         datetime(2026, 12, 1, 10, 10, tzinfo=TOKYO),
         datetime(2026, 12, 1, 10, 20, tzinfo=TOKYO),  # the merge sent nothing more
     ]
@@ -545,15 +310,15 @@ def test_r4_second_report_merges_into_the_live_chain_without_restarting_it(
 
 
 def test_r3_second_report_missing_a_certificate_confirmed_before_auto_corrects(
-    p: Pipeline,
+    p: Harness,
 ) -> None:
     subject = continuous()
     p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    first = p.service.accept_report(
+    first = p.pipeline.accept_report(
         report(subject, {INSURANCE}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO), {SAFETY})
     )
     p.at(datetime(2026, 11, 27, 8, 38, 5, tzinfo=TOKYO))
-    second = p.service.accept_report(
+    second = p.pipeline.accept_report(
         report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 38, tzinfo=TOKYO))
     )
     assert second.chain_id == first.chain_id
@@ -566,10 +331,7 @@ def test_r3_second_report_missing_a_certificate_confirmed_before_auto_corrects(
     # The message already sent for 08:40 finds the chain ended (R16: one ending).
     p.at(datetime(2026, 11, 27, 8, 40, 1, tzinfo=TOKYO))
     p.deliver(datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO))
-    assert (
-        p.service.run_attempt(first.chain_id, 1, datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO))
-        == "stale"
-    )
+    assert sum(p.pipeline.run_slot(datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)).values()) == 0
     assert len(p.gateway.delivered) == 1
     assert p.outbox_rows(subject.application) == 1
 
@@ -578,7 +340,7 @@ def test_r3_second_report_missing_a_certificate_confirmed_before_auto_corrects(
 
 
 def test_r3_found_at_one_attempt_and_missing_at_the_next_auto_corrects_at_once(
-    p: Pipeline,
+    p: Harness,
 ) -> None:
     subject = continuous()
     p.insert(
@@ -590,7 +352,7 @@ def test_r3_found_at_one_attempt_and_missing_at_the_next_auto_corrects_at_once(
         )
     )
     p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    accepted = p.service.accept_report(
+    accepted = p.pipeline.accept_report(
         report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO))
     )
     results = p.walk(
@@ -616,7 +378,7 @@ def test_r3_found_at_one_attempt_and_missing_at_the_next_auto_corrects_at_once(
 
 
 def test_continuous_insurance_named_by_the_found_safety_certificate_is_checked(
-    p: Pipeline,
+    p: Harness,
 ) -> None:
     subject = continuous()
     number = uid("NO")
@@ -626,7 +388,7 @@ def test_continuous_insurance_named_by_the_found_safety_certificate_is_checked(
         insurance("INS-1", number, datetime(2026, 11, 27, 9, 5, tzinfo=TOKYO)),
     )
     p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    accepted = p.service.accept_report(
+    accepted = p.pipeline.accept_report(
         report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO))
     )
     results = p.walk(
@@ -646,11 +408,11 @@ def test_continuous_insurance_named_by_the_found_safety_certificate_is_checked(
     assert outcome.missing == ()
 
 
-def test_continuous_insurance_reported_as_confirmed_is_not_checked_again(p: Pipeline) -> None:
+def test_continuous_insurance_reported_as_confirmed_is_not_checked_again(p: Harness) -> None:
     subject = continuous()
     p.insert(safety_for(subject, datetime(2026, 11, 27, 8, 45, tzinfo=TOKYO), insurance_no="X"))
     p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    accepted = p.service.accept_report(
+    accepted = p.pipeline.accept_report(
         report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO), {INSURANCE})
     )
     results = p.walk(
@@ -665,87 +427,55 @@ def test_continuous_insurance_reported_as_confirmed_is_not_checked_again(p: Pipe
     assert one_outcome(p).decided_at == datetime(2026, 11, 27, 8, 50, tzinfo=TOKYO)
 
 
-# -- run_attempt idempotency (DESIGN 3) -----------------------------------------------------
+# -- slot messages are idempotent (DESIGN 3) -------------------------------------------------
 
 
-def test_same_attempt_twice_the_second_is_stale(p: Pipeline) -> None:
+def test_same_slot_message_twice_the_second_does_nothing(p: Harness) -> None:
     subject = continuous()
     p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    accepted = p.service.accept_report(
-        report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO))
-    )
-    p.at(datetime(2026, 11, 27, 8, 40, 1, tzinfo=TOKYO))
-    slot = datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)
-    assert p.service.run_attempt(accepted.chain_id, 1, slot) == "next"
-    p.at(datetime(2026, 11, 27, 8, 40, 3, tzinfo=TOKYO))
-    assert p.service.run_attempt(accepted.chain_id, 1, slot) == "stale"
-    # An attempt number the chain does not expect, at a slot it does not expect.
-    assert (
-        p.service.run_attempt(accepted.chain_id, 3, datetime(2026, 11, 27, 9, 0, tzinfo=TOKYO))
-        == "stale"
-    )
-    chain = p.live(subject.application)
-    assert chain.attempts_made == 1
-    assert chain.cursor.slot == datetime(2026, 11, 27, 8, 50, tzinfo=TOKYO)
-    assert p.events(subject.application).count("attempt") == 1  # R5: attempt 1 logged once
-    assert p.dispatcher.slots() == [
-        datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO),
-        datetime(2026, 11, 27, 8, 50, tzinfo=TOKYO),  # attempt 2's countdown, sent once
-    ]
-
-
-def test_same_slot_message_twice_the_second_does_nothing(p: Pipeline) -> None:
-    subject = continuous()
-    p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    p.service.accept_report(report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO)))
+    p.pipeline.accept_report(report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO)))
     slot = datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)
     p.at(datetime(2026, 11, 27, 8, 40, 1, tzinfo=TOKYO))
-    first = p.service.run_slot(slot)
+    first = p.pipeline.run_slot(slot)
     assert first["next"] == 1
     p.at(datetime(2026, 11, 27, 8, 40, 3, tzinfo=TOKYO))
-    second = p.service.run_slot(slot)  # a duplicate or a redelivery
+    second = p.pipeline.run_slot(slot)  # a duplicate or a redelivery
     assert sum(second.values()) == 0
     chain = p.live(subject.application)
     assert chain.attempts_made == 1
     assert chain.cursor.slot == datetime(2026, 11, 27, 8, 50, tzinfo=TOKYO)
-    assert p.events(subject.application).count("attempt") == 1
+    assert p.events(subject.application).count("attempt") == 1  # R5: attempt 1 logged once
+    assert p.dispatcher.sent == [
+        datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO),
+        datetime(2026, 11, 27, 8, 50, tzinfo=TOKYO),  # attempt 2's countdown, sent once
+    ]
+    # A slot the chain does not expect (it waits for 08:50) decides nothing.
+    p.at(datetime(2026, 11, 27, 9, 0, 1, tzinfo=TOKYO))
+    assert sum(p.pipeline.run_slot(datetime(2026, 11, 27, 9, 0, tzinfo=TOKYO)).values()) == 0
+    assert p.live(subject.application) == chain
 
 
-def test_attempt_arriving_before_its_slot_is_sent_again_not_run(p: Pipeline) -> None:
+def test_slot_message_arriving_before_its_slot_is_sent_again_not_run(p: Harness) -> None:
     subject = continuous()
     p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    accepted = p.service.accept_report(
-        report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO))
-    )
+    p.pipeline.accept_report(report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO)))
     p.at(datetime(2026, 11, 27, 8, 39, 59, tzinfo=TOKYO))
     slot = datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)
-    assert p.service.run_attempt(accepted.chain_id, 1, slot) == "early"
-    assert p.dispatcher.slots() == [slot, slot]  # sent again, due at its slot
+    assert sum(p.pipeline.run_slot(slot).values()) == 0
+    assert p.dispatcher.sent == [slot, slot]  # sent again, due at its slot
     assert p.live(subject.application).attempts_made == 0
     assert "attempt" not in p.events(subject.application)
     p.at(datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO))
-    assert p.service.run_attempt(accepted.chain_id, 1, slot) == "next"
-
-
-def test_slot_message_arriving_before_its_slot_is_sent_again_not_run(p: Pipeline) -> None:
-    subject = continuous()
-    p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    p.service.accept_report(report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO)))
-    p.at(datetime(2026, 11, 27, 8, 39, 59, tzinfo=TOKYO))
-    slot = datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)
-    assert sum(p.service.run_slot(slot).values()) == 0
-    assert p.dispatcher.slots() == [slot, slot]
-    assert p.live(subject.application).attempts_made == 0
-    assert "attempt" not in p.events(subject.application)
+    assert p.pipeline.run_slot(slot)["next"] == 1
 
 
 # -- whole chains ------------------------------------------------------------------------
 
 
-def test_r9_worked_example_0836_walked_attempt_by_attempt(p: Pipeline) -> None:
+def test_r9_worked_example_0836_walked_attempt_by_attempt(p: Harness) -> None:
     subject = continuous()
     p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    accepted = p.service.accept_report(
+    accepted = p.pipeline.accept_report(
         report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO))
     )
     slots = [
@@ -771,13 +501,13 @@ def test_r9_worked_example_0836_walked_attempt_by_attempt(p: Pipeline) -> None:
     assert p.attempt_slots(subject.application) == slots
     # Nothing more is sent: no 7th attempt, and the outcome is not delivered again.
     p.at(datetime(2026, 11, 27, 9, 40, tzinfo=TOKYO))
-    assert p.service.tick().dispatched == []
-    assert len(p.dispatcher.messages) == 6
+    assert p.pipeline.tick().dispatched == []
+    assert len(p.dispatcher.sent) == 6
     assert len(p.gateway.delivered) == 1
     assert p.outbox_rows(subject.application) == 1
 
 
-def test_r8_found_between_attempts_2_and_3_resumes_at_attempt_3(p: Pipeline) -> None:
+def test_r8_found_between_attempts_2_and_3_resumes_at_attempt_3(p: Harness) -> None:
     subject = continuous()
     number = uid("NO")
     p.insert(
@@ -785,7 +515,7 @@ def test_r8_found_between_attempts_2_and_3_resumes_at_attempt_3(p: Pipeline) -> 
         insurance("INS-1", number, datetime(2026, 11, 27, 8, 0, tzinfo=TOKYO)),
     )
     p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    accepted = p.service.accept_report(
+    accepted = p.pipeline.accept_report(
         report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO))
     )
     results = p.walk(
@@ -805,14 +535,14 @@ def test_r8_found_between_attempts_2_and_3_resumes_at_attempt_3(p: Pipeline) -> 
     assert outcome.idempotency_key == f"{accepted.chain_id}:resumed"
     assert p.chain(subject.application) is None
     assert p.events(subject.application) == ["reported", "attempt", "attempt", "resumed"]
-    assert len(p.dispatcher.messages) == 3  # no attempt 4
+    assert len(p.dispatcher.sent) == 3  # no attempt 4
 
 
 # -- R10, R11: the close and the next business day ----------------------------------------
 
 
 def test_r10_close_signal_parks_the_chain_and_r11_next_day_0830_attempt_resumes(
-    p: Pipeline,
+    p: Harness,
 ) -> None:
     subject = continuous()
     number = uid("NO")
@@ -821,7 +551,7 @@ def test_r10_close_signal_parks_the_chain_and_r11_next_day_0830_attempt_resumes(
         insurance("INS-1", number, datetime(2026, 11, 30, 18, 0, tzinfo=TOKYO)),
     )
     p.at(datetime(2026, 11, 30, 10, 5, 5, tzinfo=TOKYO))  # Mon
-    accepted = p.service.accept_report(
+    accepted = p.pipeline.accept_report(
         report(subject, {SAFETY}, datetime(2026, 11, 30, 10, 5, tzinfo=TOKYO))
     )
     results = p.walk(
@@ -836,7 +566,7 @@ def test_r10_close_signal_parks_the_chain_and_r11_next_day_0830_attempt_resumes(
     )
     assert results == ["next"] * 4  # attempt 5 for 10:50 is in flight
     p.at(datetime(2026, 11, 30, 10, 42, tzinfo=TOKYO))
-    assert p.service.record_close() == 1  # R10: OSS closes now
+    assert p.pipeline.record_close() == 1  # R10: OSS closes now
     chain = p.live(subject.application)
     assert chain.cursor.parked
     assert chain.cursor.slot == datetime(2026, 12, 1, 8, 30, tzinfo=TOKYO)
@@ -844,27 +574,22 @@ def test_r10_close_signal_parks_the_chain_and_r11_next_day_0830_attempt_resumes(
     # The countdown already sent for 10:50 does nothing; no tick dispatches that day.
     p.at(datetime(2026, 11, 30, 10, 50, 1, tzinfo=TOKYO))
     p.deliver(datetime(2026, 11, 30, 10, 50, tzinfo=TOKYO))
-    assert (
-        p.service.run_attempt(accepted.chain_id, 5, datetime(2026, 11, 30, 10, 50, tzinfo=TOKYO))
-        == "stale"
-    )
+    assert sum(p.pipeline.run_slot(datetime(2026, 11, 30, 10, 50, tzinfo=TOKYO)).values()) == 0
     assert p.live(subject.application) == chain
     for tick_at in (
         datetime(2026, 11, 30, 10, 50, tzinfo=TOKYO),
         datetime(2026, 11, 30, 16, 0, tzinfo=TOKYO),
     ):
         p.at(tick_at)
-        assert p.service.tick().dispatched == []
+        assert p.pipeline.tick().dispatched == []
     # R11: exactly one attempt at 08:30 of the next business day.
     p.at(datetime(2026, 12, 1, 8, 30, tzinfo=TOKYO))
-    assert p.service.tick().dispatched == [
+    assert p.pipeline.tick().dispatched == [
         Dispatch(accepted.chain_id, 5, datetime(2026, 12, 1, 8, 30, tzinfo=TOKYO))
     ]
     p.at(datetime(2026, 12, 1, 8, 30, 30, tzinfo=TOKYO))
-    assert p.service.tick().dispatched == []
-    assert (
-        p.dispatcher.count_for(accepted.chain_id, datetime(2026, 12, 1, 8, 30, tzinfo=TOKYO)) == 1
-    )
+    assert p.pipeline.tick().dispatched == []
+    assert p.dispatcher.count(datetime(2026, 12, 1, 8, 30, tzinfo=TOKYO)) == 1
     p.at(datetime(2026, 12, 1, 8, 30, 31, tzinfo=TOKYO))
     p.deliver(datetime(2026, 12, 1, 8, 30, tzinfo=TOKYO))
     assert p.chain(subject.application) is None
@@ -875,13 +600,13 @@ def test_r10_close_signal_parks_the_chain_and_r11_next_day_0830_attempt_resumes(
 
 
 def test_r11_worked_example_close_signal_1045_auto_corrects_next_day_0830(
-    p: Pipeline,
+    p: Harness,
 ) -> None:
     subject = continuous()
     p.at(datetime(2026, 11, 30, 9, 0, tzinfo=TOKYO))
-    assert p.service.record_close(datetime(2026, 11, 30, 10, 45, tzinfo=TOKYO)) == 0
+    assert p.pipeline.record_close(datetime(2026, 11, 30, 10, 45, tzinfo=TOKYO)) == 0
     p.at(datetime(2026, 11, 30, 10, 5, 5, tzinfo=TOKYO))
-    accepted = p.service.accept_report(
+    accepted = p.pipeline.accept_report(
         report(subject, {SAFETY}, datetime(2026, 11, 30, 10, 5, tzinfo=TOKYO))
     )
     results = p.walk(
@@ -896,7 +621,7 @@ def test_r11_worked_example_close_signal_1045_auto_corrects_next_day_0830(
     )
     assert results == ["next", "next", "next", "parked-after"]
     assert p.live(subject.application).cursor.slot == datetime(2026, 12, 1, 8, 30, tzinfo=TOKYO)
-    assert len(p.dispatcher.messages) == 4  # nothing sent across the night
+    assert len(p.dispatcher.sent) == 4  # nothing sent across the night
     results = p.walk(
         accepted.chain_id, subject.application, [datetime(2026, 12, 1, 8, 30, tzinfo=TOKYO)]
     )
@@ -912,10 +637,10 @@ def test_r11_worked_example_close_signal_1045_auto_corrects_next_day_0830(
     ]
 
 
-def test_r11_worked_example_friday_1525_parks_over_the_weekend(p: Pipeline) -> None:
+def test_r11_worked_example_friday_1525_parks_over_the_weekend(p: Harness) -> None:
     subject = continuous()
     p.at(datetime(2026, 11, 27, 15, 25, 5, tzinfo=TOKYO))
-    accepted = p.service.accept_report(
+    accepted = p.pipeline.accept_report(
         report(subject, {SAFETY}, datetime(2026, 11, 27, 15, 25, tzinfo=TOKYO))
     )
     results = p.walk(
@@ -929,7 +654,7 @@ def test_r11_worked_example_friday_1525_parks_over_the_weekend(p: Pipeline) -> N
     )
     assert results == ["next", "next", "parked-after"]
     p.at(datetime(2026, 11, 27, 16, 0, tzinfo=TOKYO))
-    assert p.service.tick().dispatched == []
+    assert p.pipeline.tick().dispatched == []
     results = p.walk(
         accepted.chain_id, subject.application, [datetime(2026, 11, 30, 8, 30, tzinfo=TOKYO)]
     )
@@ -941,62 +666,62 @@ def test_r11_worked_example_friday_1525_parks_over_the_weekend(p: Pipeline) -> N
 
 
 def test_tick_resends_a_lost_countdown_only_once_it_is_a_whole_slot_overdue(
-    p: Pipeline,
+    p: Harness,
 ) -> None:
     subject = continuous()
     p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    accepted = p.service.accept_report(
+    accepted = p.pipeline.accept_report(
         report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO))
     )
-    p.dispatcher.messages.clear()  # the broker lost attempt 1's message
+    p.dispatcher.sent.clear()  # the broker lost attempt 1's message
     for in_flight in (
         datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO),
         datetime(2026, 11, 27, 8, 49, 59, tzinfo=TOKYO),
     ):
         p.at(in_flight)
-        assert p.service.tick().dispatched == []
+        assert p.pipeline.tick().dispatched == []
     p.at(datetime(2026, 11, 27, 8, 50, tzinfo=TOKYO))
     again = Dispatch(accepted.chain_id, 1, datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO))
-    assert p.service.tick().dispatched == [again]
-    assert p.dispatcher.slots() == [datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)]
+    assert p.pipeline.tick().dispatched == [again]
+    assert p.dispatcher.sent == [datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)]
     # The late attempt judges as of its own slot and sends the next one at once.
     p.at(datetime(2026, 11, 27, 8, 50, 1, tzinfo=TOKYO))
     p.deliver(datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO))
     chain = p.live(subject.application)
     assert chain.attempts_made == 1
     assert chain.cursor.slot == datetime(2026, 11, 27, 8, 50, tzinfo=TOKYO)
-    assert p.dispatcher.slots() == [
+    assert p.dispatcher.sent == [
         datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO),
         datetime(2026, 11, 27, 8, 50, tzinfo=TOKYO),
     ]
     p.at(datetime(2026, 11, 27, 8, 50, 30, tzinfo=TOKYO))
-    assert p.service.tick().dispatched == []  # attempt 2 is in flight
-    assert len(p.dispatcher.messages) == 2
+    assert p.pipeline.tick().dispatched == []  # attempt 2 is in flight
+    assert len(p.dispatcher.sent) == 2
 
 
 # -- the outbox relay (DESIGN 5) ------------------------------------------------------------
 
 
-def test_relay_delivers_an_immediate_outcome_after_a_gateway_failure(p: Pipeline) -> None:
+def test_relay_delivers_an_immediate_outcome_after_a_gateway_failure(p: Harness) -> None:
     subject = continuous()
     p.gateway.failures = 1
     p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    accepted = p.service.accept_report(
+    accepted = p.pipeline.accept_report(
         report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO), {SAFETY})
     )
     assert p.gateway.delivered == []
     assert p.outbox_rows(subject.application) == 1
     p.at(datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO))
-    assert p.service.tick().relayed == 1
+    assert p.pipeline.tick().relayed == 1
     outcome = one_outcome(p)
     assert outcome.idempotency_key == f"{accepted.chain_id}:auto_corrected"
     assert outcome.decided_at == datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO)
     p.at(datetime(2026, 11, 27, 8, 40, 5, tzinfo=TOKYO))
-    assert p.service.relay() == 0
+    assert p.pipeline.relay() == 0
     assert len(p.gateway.delivered) == 1
 
 
-def test_relay_delivers_an_attempts_outcome_after_a_gateway_failure(p: Pipeline) -> None:
+def test_relay_delivers_an_attempts_outcome_after_a_gateway_failure(p: Harness) -> None:
     subject = continuous()
     number = uid("NO")
     p.insert(
@@ -1004,7 +729,7 @@ def test_relay_delivers_an_attempts_outcome_after_a_gateway_failure(p: Pipeline)
         insurance("INS-1", number, datetime(2026, 11, 27, 8, 0, tzinfo=TOKYO)),
     )
     p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    accepted = p.service.accept_report(
+    accepted = p.pipeline.accept_report(
         report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO))
     )
     p.gateway.failures = 1
@@ -1014,14 +739,14 @@ def test_relay_delivers_an_attempts_outcome_after_a_gateway_failure(p: Pipeline)
     assert results == ["resumed"]
     assert p.gateway.delivered == []
     p.at(datetime(2026, 11, 27, 8, 50, tzinfo=TOKYO))
-    assert p.service.relay() == 1
+    assert p.pipeline.relay() == 1
     outcome = one_outcome(p)
     assert outcome.outcome is Outcome.RESUMED
     assert outcome.idempotency_key == f"{accepted.chain_id}:resumed"
     assert outcome.decided_at == datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)
 
 
-def test_batch_of_reports_is_one_transaction_with_per_report_outcomes(p: Pipeline) -> None:
+def test_batch_of_reports_is_one_transaction_with_per_report_outcomes(p: Harness) -> None:
     """accept_reports: R4 merge within a batch, R1/skew refusals do not stop the others."""
     one, two = continuous(), continuous()
     p.at(datetime(2026, 11, 27, 8, 37, tzinfo=TOKYO))
@@ -1030,7 +755,7 @@ def test_batch_of_reports_is_one_transaction_with_per_report_outcomes(p: Pipelin
         report(two, {SAFETY}, datetime(2026, 11, 27, 9, 36, tzinfo=TOKYO)),  # an hour ahead
         report(one, {INSURANCE}, datetime(2026, 11, 27, 8, 36, 30, tzinfo=TOKYO)),
     ]
-    first, refused, merged = p.service.accept_reports(batch)
+    first, refused, merged = p.pipeline.accept_reports(batch)
     assert isinstance(first, Accepted) and first.created
     assert isinstance(refused, InvalidReport) and "future" in str(refused)
     assert isinstance(merged, Accepted) and merged.chain_id == first.chain_id
@@ -1042,32 +767,32 @@ def test_batch_of_reports_is_one_transaction_with_per_report_outcomes(p: Pipelin
     assert p.events(one.application) == ["reported", "merged"]
 
 
-def test_batch_report_duplicate_of_a_decided_chain_is_recorded_only(p: Pipeline) -> None:
+def test_batch_report_duplicate_of_a_decided_chain_is_recorded_only(p: Harness) -> None:
     subject = continuous()
     same = report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO), {SAFETY})
     p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    first, again = p.service.accept_reports([same, same])
+    first, again = p.pipeline.accept_reports([same, same])
     assert isinstance(first, Accepted) and isinstance(again, Accepted)
     assert not first.retry and not again.retry  # R3 at report time, then the duplicate
     assert p.outbox_rows(subject.application) == 1
     assert p.events(subject.application) == ["auto_corrected", "duplicate"]
 
 
-def test_r14_portal_status_stays_under_review_while_the_chain_is_live(p: Pipeline) -> None:
+def test_r14_portal_status_stays_under_review_while_the_chain_is_live(p: Harness) -> None:
     subject = continuous()
     p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
-    assert p.service.portal_status(subject.application) is None  # not ours to say
-    p.service.accept_report(report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO)))
-    assert p.service.portal_status(subject.application) == "検査申請審査中"
+    assert p.pipeline.portal_status(subject.application) is None  # not ours to say
+    p.pipeline.accept_report(report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO)))
+    assert p.pipeline.portal_status(subject.application) == "検査申請審査中"
     for minute in (40, 50):
         p.at(datetime(2026, 11, 27, 8, minute, 1, tzinfo=TOKYO))
-        p.service.run_slot(datetime(2026, 11, 27, 8, minute, tzinfo=TOKYO))
-        assert p.service.portal_status(subject.application) == "検査申請審査中"
+        p.pipeline.run_slot(datetime(2026, 11, 27, 8, minute, tzinfo=TOKYO))
+        assert p.pipeline.portal_status(subject.application) == "検査申請審査中"
     arrived = datetime(2026, 11, 27, 8, 55, tzinfo=TOKYO)
     p.insert(safety_for(subject, arrived, insurance_no="NO-R14"))
     p.insert(insurance("INS-1", "NO-R14", arrived))
     p.at(datetime(2026, 11, 27, 9, 0, 1, tzinfo=TOKYO))
-    p.service.run_slot(datetime(2026, 11, 27, 9, 0, tzinfo=TOKYO))
+    p.pipeline.run_slot(datetime(2026, 11, 27, 9, 0, tzinfo=TOKYO))
     assert p.chain(subject.application) is None
     assert one_outcome(p).outcome is Outcome.RESUMED
-    assert p.service.portal_status(subject.application) is None
+    assert p.pipeline.portal_status(subject.application) is None

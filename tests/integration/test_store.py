@@ -1,42 +1,56 @@
-"""The retry table's store (R4, R5, R10, R15) against a real SQLite file and PostgreSQL."""
+"""The unit of work over SQL and its parts (R4, R5, R10, R15, DESIGN 3-5).
+
+Every test runs against a real SQLite file and a real PostgreSQL database (the
+``store`` fixture); the row-lock tests (``SKIP LOCKED``, ``FOR UPDATE``) run on
+PostgreSQL only, since SQLite serialises whole transactions (``BEGIN IMMEDIATE``).
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import pendulum
 import pytest
 from sqlalchemy import func, select, text
-from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.exc import OperationalError, StatementError
 
 from retry_pipeline.adapters.orm import ChainRow, HistoryRow, OutboxRow
-from retry_pipeline.adapters.outbox import idempotency_key
-from retry_pipeline.adapters.store import RetryStore
-from retry_pipeline.calendar import BusinessCalendar
-from retry_pipeline.errors import StoreError
+from retry_pipeline.adapters.store import RetryStore, SqlUnitOfWork
+from retry_pipeline.errors import DuplicateRecord
 from retry_pipeline.model import (
     Application,
     CertificateKind,
     Chain,
+    Cursor,
+    Ending,
+    Event,
+    HistoryEntry,
     Outcome,
+    PendingOutcome,
+    Phase,
     Procedure,
-    Report,
+    idempotency_key,
 )
-from retry_pipeline.policy import Cursor, Phase, advance_chain, start_chain
-from simulation.queries import count_live
+
+T = TypeVar("T")
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 SAFETY = CertificateKind.SAFETY
 INSURANCE = CertificateKind.INSURANCE
+COMPLETION = CertificateKind.COMPLETION
 
 # SPEC worked example: Fri 2026-11-27, found missing at 08:36, first attempt 08:40 (R7, R9).
 DETECTED = datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO)
 NOW = datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO)
+LATER = datetime(2026, 11, 27, 8, 41, 7, tzinfo=TOKYO)
 
 
 def jst(month: int, day: int, hour: int, minute: int) -> pendulum.DateTime:
@@ -45,8 +59,12 @@ def jst(month: int, day: int, hour: int, minute: int) -> pendulum.DateTime:
 
 SLOT_0840 = jst(11, 27, 8, 40)
 SLOT_0850 = jst(11, 27, 8, 50)
+SLOT_0900 = jst(11, 27, 9, 0)
 MON_0830 = jst(11, 30, 8, 30)
-FIRST = Cursor(Phase.SAME_DAY, 0, SLOT_0840)
+
+ONLY_POSTGRES = pytest.mark.parametrize(
+    "db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
 
 
 def new_subject(
@@ -61,735 +79,432 @@ def new_subject(
     )
 
 
-def report_of(
-    subject: Application,
-    missing: set[CertificateKind],
-    confirmed: set[CertificateKind] | None = None,
+def new_chain(
+    subject: Application | None = None,
+    *,
+    slot: pendulum.DateTime = SLOT_0840,
+    phase: Phase = Phase.SAME_DAY,
+    used: int = 0,
+    missing: frozenset[CertificateKind] = frozenset({SAFETY}),
     detected_at: datetime = DETECTED,
-) -> Report:
-    return Report(subject, frozenset(missing), frozenset(confirmed or set()), detected_at)
-
-
-def record(
-    store: RetryStore,
-    subject: Application,
-    missing: set[CertificateKind],
-    cursor: Cursor = FIRST,
-    confirmed: set[CertificateKind] | None = None,
 ) -> Chain:
+    return Chain(
+        chain_id=uuid.uuid4().hex,
+        subject=subject or new_subject(),
+        missing=missing,
+        found=frozenset(),
+        confirmed=frozenset(),
+        detected_at=detected_at,
+        attempts_made=0,
+        cursor=Cursor(phase, used, slot),
+        version=1,
+    )
+
+
+def inserted(store: RetryStore, *chains: Chain) -> list[Chain]:
     with store.unit() as u:
-        rec = u.record_report(report_of(subject, missing, confirmed), cursor, NOW)
-    assert rec.created
-    return rec.chain
+        u.chains.insert(chains, NOW)
+    return list(chains)
 
 
-def events(store: RetryStore, application: str) -> list[str]:
+def line(
+    chain: Chain,
+    event: Event,
+    *,
+    slot: datetime | None = SLOT_0840,
+    attempt_no: int | None = None,
+    detail: str = "",
+    recorded_at: datetime = NOW,
+) -> HistoryEntry:
+    return HistoryEntry(
+        chain_id=chain.chain_id,
+        application=chain.subject.application,
+        event=event.value,
+        attempt_no=attempt_no,
+        slot=slot,
+        missing=("safety",),
+        detail=detail,
+        recorded_at=recorded_at,
+        office=chain.subject.office,
+    )
+
+
+def ending(
+    chain: Chain,
+    outcome: Outcome = Outcome.RESUMED,
+    missing: frozenset[CertificateKind] = frozenset(),
+    decided_at: datetime = SLOT_0840,
+) -> Ending:
+    return Ending(chain.chain_id, chain.subject, outcome, missing, decided_at, "test")
+
+
+def count(store: RetryStore, model: type[Any]) -> int:
     with store.unit() as u:
-        return [h.event for h in u.history(application=application)]
+        return int(u.session.scalar(select(func.count()).select_from(model)) or 0)
 
 
-def outbox_count(store: RetryStore, chain_id: str) -> int:
+def ids(chains: list[Chain]) -> list[str]:
+    return [c.chain_id for c in chains]
+
+
+def ids_of(pending: list[PendingOutcome]) -> list[int]:
+    return [p.id for p in pending]
+
+
+def wait_for_lock_waiter(store: RetryStore, deadline_s: float = 20.0) -> None:
+    """PostgreSQL: poll until some session of this database waits on a lock."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        with store.engine.connect() as conn:
+            waiting = conn.execute(
+                text(
+                    "select count(*) from pg_stat_activity "
+                    "where datname = current_database() and wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        if waiting:
+            return
+        time.sleep(0.02)
+    pytest.fail("no session ever waited on a lock")
+
+
+@contextmanager
+def held_open(store: RetryStore, work: Callable[[SqlUnitOfWork], T]) -> Iterator[T]:
+    """Run ``work`` in a unit on another thread and keep that transaction open meanwhile."""
+    ready, release = threading.Event(), threading.Event()
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            with store.unit() as u:
+                out["value"] = work(u)
+                ready.set()
+                if not release.wait(timeout=60):
+                    raise RuntimeError("the held unit was never released")
+        except BaseException as exc:  # re-raised in the test's thread below
+            out["error"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(timeout=30), "the held unit never got going"
+    if "error" in out:
+        raise out["error"]
+    try:
+        yield out["value"]
+    finally:
+        release.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    if "error" in out:
+        raise out["error"]
+
+
+def no_lock_waits(u: SqlUnitOfWork) -> None:
+    """PostgreSQL: a statement of this unit that would wait on a row lock fails instead."""
+    u.session.execute(text("SET LOCAL lock_timeout = '2s'"))
+
+
+# -- the unit of work: one transaction ---------------------------------------------------
+
+
+def test_a_unit_that_raises_writes_nothing_and_runs_no_after_commit(store: RetryStore) -> None:
+    chain = new_chain()
+    ran: list[str] = []
+    with pytest.raises(RuntimeError, match="worker died"), store.unit() as u:
+        u.chains.insert([chain], NOW)
+        u.history.append([line(chain, Event.REPORTED)])
+        u.outbox.add([ending(new_chain())], NOW)
+        u.signals.add(SLOT_0900, NOW)
+        u.dead_letters.add("retry_pipeline.report", "bad", "{}", NOW)
+        u.after_commit(lambda: ran.append("after"))
+        assert u.chains.get(chain.chain_id) == chain  # visible inside the unit...
+        raise RuntimeError("worker died")
+    assert ran == []
+    with store.unit() as u:  # ...and gone after it
+        assert u.chains.get(chain.chain_id) is None
+        assert u.history.lines() == []
+        assert u.outbox.count_unconfirmed() == 0
+        assert u.signals.between(date(2026, 11, 27), date(2026, 11, 27)) == []
+        assert u.dead_letters.newest(10) == []
+
+
+def test_after_commit_runs_in_order_once_the_unit_has_committed(store: RetryStore) -> None:
+    chain = new_chain()
+    seen: list[tuple[str, Chain | None]] = []
+
+    def look(tag: str) -> Callable[[], None]:
+        def action() -> None:
+            with store.unit() as other:  # another transaction sees the committed record
+                seen.append((tag, other.chains.get(chain.chain_id)))
+
+        return action
+
     with store.unit() as u:
-        n = u.session.scalar(
-            select(func.count()).select_from(OutboxRow).where(OutboxRow.chain_id == chain_id)
-        )
-    return int(n or 0)
+        u.chains.insert([chain], NOW)
+        u.after_commit(look("first"))
+        u.after_commit(look("second"))
+        assert seen == []  # not before the block ends
+    assert seen == [("first", chain), ("second", chain)]
 
 
-# -- R4: one record per application ---------------------------------------------------
+def test_a_unit_that_only_reads_runs_its_after_commit(store: RetryStore) -> None:
+    ran: list[int] = []
+    with store.unit() as u:
+        u.after_commit(lambda: ran.append(1))
+    assert ran == [1]
 
 
-def test_r4_report_creates_one_chain_with_reported_history(
-    store: RetryStore, calendar: BusinessCalendar
+# -- R4: one record per application ------------------------------------------------------
+
+
+def test_insert_then_get_round_trips_every_field(store: RetryStore) -> None:
+    subject = Application(
+        application=f"app-{uuid.uuid4().hex}",
+        office="OFFICE-N",
+        procedure=Procedure.NEW,
+        vehicle="VIN-NEW-1",
+        insurer_id="INS-7",
+        insurance_no="NO-123",
+    )
+    chain = Chain(
+        chain_id=uuid.uuid4().hex,
+        subject=subject,
+        missing=frozenset({SAFETY, INSURANCE}),
+        found=frozenset({COMPLETION}),
+        confirmed=frozenset({INSURANCE}),
+        detected_at=DETECTED,
+        attempts_made=2,
+        cursor=Cursor(Phase.SAME_DAY, 2, SLOT_0900),
+        version=3,
+        dispatched_for=SLOT_0850,
+    )
+    inserted(store, chain)
+    with store.unit() as u:
+        got = u.chains.get(chain.chain_id)
+        row = u.session.get(ChainRow, chain.chain_id)
+    assert got == chain
+    assert got is not None and row is not None
+    assert got.cursor.slot.isoformat() == "2026-11-27T09:00:00+09:00"  # read in Japan time
+    assert row.missing == ["safety", "insurance"]  # stable kind order
+    assert row.created_at == NOW
+    assert row.updated_at == NOW
+
+
+def test_get_of_an_unknown_chain_is_none(store: RetryStore) -> None:
+    inserted(store, new_chain())
+    with store.unit() as u:
+        assert u.chains.get(uuid.uuid4().hex) is None
+
+
+def test_r4_second_record_of_an_application_raises_and_writes_nothing(
+    store: RetryStore,
 ) -> None:
     subject = new_subject()
-    cursor = start_chain(DETECTED, calendar)
-    assert cursor == FIRST  # R7: first grid slot strictly after 08:36
+    (first,) = inserted(store, new_chain(subject))
+    other = new_chain()
     with store.unit() as u:
-        rec = u.record_report(report_of(subject, {SAFETY, INSURANCE}), cursor, NOW)
-    assert rec.created is True
-    assert rec.added == frozenset({SAFETY, INSURANCE})
-    chain = rec.chain
-    assert len(chain.chain_id) == 32
-    assert chain.subject == subject
-    assert chain.missing == frozenset({SAFETY, INSURANCE})
-    assert chain.found == frozenset()
-    assert chain.confirmed == frozenset()
-    assert chain.detected_at == DETECTED
-    assert chain.attempts_made == 0
-    assert chain.next_attempt_no == 1
-    assert chain.cursor == FIRST
-    assert chain.version == 1
+        with pytest.raises(DuplicateRecord):
+            u.chains.insert([other, new_chain(subject)], LATER)  # one batch
+        # The unit goes on: only the failed batch was undone.
+        assert u.chains.get(other.chain_id) is None
+        u.history.append([line(first, Event.MERGED)])
     with store.unit() as u:
-        assert u.find_chain(subject.application) == chain
-        assert u.get_chain(chain.chain_id) == chain
-        assert count_live(u.session) == 1
-        (entry,) = u.history(application=subject.application)
-    assert entry.event == "reported"
-    assert entry.chain_id == chain.chain_id
-    assert entry.attempt_no is None
-    assert entry.slot == SLOT_0840
-    assert entry.missing == ("safety", "insurance")  # stable kind order
-    assert entry.recorded_at == NOW
+        assert u.chains.of_office(None) == [first]
+        assert [h.event for h in u.history.lines()] == ["merged"]
 
 
-def test_r4_second_report_merges_missing_into_the_same_chain(store: RetryStore) -> None:
+def test_r4_same_application_twice_in_one_batch_raises(store: RetryStore) -> None:
     subject = new_subject()
-    first = record(store, subject, {SAFETY})
-    later = Cursor(Phase.SAME_DAY, 0, SLOT_0850)  # the second report's own plan is ignored
-    with store.unit() as u:
-        rec = u.record_report(
-            report_of(subject, {SAFETY, INSURANCE}, detected_at=DETECTED + timedelta(minutes=5)),
-            later,
-            NOW + timedelta(minutes=5),
-        )
-    assert rec.created is False
-    assert rec.added == frozenset({INSURANCE})
-    assert rec.chain.chain_id == first.chain_id
-    assert rec.chain.missing == frozenset({SAFETY, INSURANCE})
-    assert rec.chain.cursor == FIRST  # R4: a merge does not restart the chain
-    assert rec.chain.detected_at == DETECTED
-    assert rec.chain.version == first.version + 1
-    with store.unit() as u:
-        assert count_live(u.session) == 1
-        assert u.get_chain(first.chain_id) == rec.chain
-        history = u.history(application=subject.application)
-    assert [h.event for h in history] == ["reported", "merged"]
-    assert {h.chain_id for h in history} == {first.chain_id}
-    assert history[1].detail == "added insurance"
-    assert history[1].missing == ("safety", "insurance")
+    with pytest.raises(DuplicateRecord), store.unit() as u:
+        u.chains.insert([new_chain(subject), new_chain(subject)], NOW)
+    assert count(store, ChainRow) == 0
 
 
-def test_r4_merge_unions_confirmed(store: RetryStore) -> None:
+def test_r4_concurrent_insert_waits_for_the_first_and_raises(store: RetryStore) -> None:
+    """R4: B inserts while A's insert of the same application is not committed yet."""
     subject = new_subject()
-    record(store, subject, {SAFETY})
-    with store.unit() as u:
-        rec = u.record_report(report_of(subject, {SAFETY}, confirmed={INSURANCE}), FIRST, NOW)
-    assert rec.chain.confirmed == frozenset({INSURANCE})  # R3 needs every earlier finding
-    assert rec.added == frozenset()
-
-
-def test_r4_merge_of_already_missing_kind_adds_nothing(store: RetryStore) -> None:
-    subject = new_subject()
-    first = record(store, subject, {SAFETY, INSURANCE})
-    with store.unit() as u:
-        rec = u.record_report(report_of(subject, {INSURANCE}), FIRST, NOW)
-    assert rec.created is False
-    assert rec.added == frozenset()
-    assert rec.chain.chain_id == first.chain_id
-    assert rec.chain.missing == frozenset({SAFETY, INSURANCE})
-    assert rec.chain.attempts_made == 0
-    with store.unit() as u:
-        assert count_live(u.session) == 1
-        history = u.history(application=subject.application)
-    assert [h.event for h in history] == ["reported", "merged"]
-    assert history[1].detail == "added nothing"
-
-
-def test_r4_two_reports_in_one_unit_give_one_chain(store: RetryStore) -> None:
-    subject = new_subject()
-    with store.unit() as u:
-        a = u.record_report(report_of(subject, {SAFETY}), FIRST, NOW)
-        b = u.record_report(report_of(subject, {INSURANCE}), FIRST, NOW)
-        assert b.chain.missing == frozenset({SAFETY, INSURANCE})
-        assert b.chain.version == 2
-    assert (a.created, b.created) == (True, False)
-    assert a.chain.chain_id == b.chain.chain_id
-    assert events(store, subject.application) == ["reported", "merged"]
-
-
-def test_r4_other_applications_get_their_own_chains(store: RetryStore) -> None:
-    one, two = new_subject(), new_subject()
-    a = record(store, one, {SAFETY})
-    b = record(store, two, {SAFETY})
-    assert a.chain_id != b.chain_id
-    with store.unit() as u:
-        assert count_live(u.session) == 2
-
-
-def _wait_for_lock_waiter(store: RetryStore, deadline_s: float = 10.0) -> None:
-    """PostgreSQL: poll until some session of this database waits on a lock."""
-    probe = RetryStore.from_url(store.engine.url.render_as_string(hide_password=False))
-    try:
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            with probe.engine.connect() as conn:
-                waiting = conn.execute(
-                    text(
-                        "select count(*) from pg_stat_activity "
-                        "where datname = current_database() and wait_event_type = 'Lock'"
-                    )
-                ).scalar_one()
-            if waiting:
-                return
-            time.sleep(0.02)
-        pytest.fail("the second report never waited on the first one's insert")
-    finally:
-        probe.engine.dispose()
-
-
-def test_r4_concurrent_report_waiting_on_uncommitted_insert_merges(store: RetryStore) -> None:
-    """R4: report B arrives while report A's insert is not committed yet; still one chain."""
-    subject = new_subject()
-    results: dict[str, object] = {}
+    a, b = new_chain(subject), new_chain(subject)
+    out: dict[str, Any] = {}
 
     def second() -> None:
         try:
             with store.unit() as u:
-                results["b"] = u.record_report(report_of(subject, {INSURANCE}), FIRST, NOW)
+                try:
+                    u.chains.insert([b], LATER)
+                except DuplicateRecord as exc:
+                    out["refused"] = exc
+                # The unit is still usable: it finds A's record, as intake then merges.
+                out["found"] = u.chains.of_applications([subject.application], lock=True)
+                u.history.append([line(b, Event.DUPLICATE)])
         except Exception as exc:  # surfaced by the assertions below
-            results["error"] = exc
+            out["error"] = exc
 
     with store.unit() as u:
-        a = u.record_report(report_of(subject, {SAFETY}), FIRST, NOW)
-        worker = threading.Thread(target=second)
+        u.chains.insert([a], NOW)
+        worker = threading.Thread(target=second, daemon=True)
         worker.start()
         if store.engine.dialect.name == "postgresql":
-            _wait_for_lock_waiter(store)  # B sits on the unique index behind A
+            wait_for_lock_waiter(store)  # B sits on the unique index behind A
         else:
             worker.join(timeout=0.3)  # BEGIN IMMEDIATE: B waits for A's write lock
             assert worker.is_alive()
-    worker.join(timeout=20)
+    worker.join(timeout=30)
     assert not worker.is_alive()
-    assert "error" not in results, results.get("error")
-    b = results["b"]
-    assert a.created is True
-    assert b.created is False  # type: ignore[attr-defined]
-    assert b.chain.chain_id == a.chain.chain_id  # type: ignore[attr-defined]
-    assert b.added == frozenset({INSURANCE})  # type: ignore[attr-defined]
+    assert "error" not in out, out.get("error")
+    assert isinstance(out["refused"], DuplicateRecord)
+    assert out["found"] == {subject.application: a}
     with store.unit() as u:
-        assert count_live(u.session) == 1
-        chain = u.find_chain(subject.application)
-    assert chain is not None
-    assert chain.missing == frozenset({SAFETY, INSURANCE})
-    assert events(store, subject.application) == ["reported", "merged"]
+        assert u.chains.of_office(None) == [a]
+        assert [h.chain_id for h in u.history.lines()] == [b.chain_id]
 
 
-def test_r4_many_concurrent_duplicate_reports_give_one_chain(store: RetryStore) -> None:
+def test_r4_many_concurrent_inserts_leave_one_record(store: RetryStore) -> None:
     subject = new_subject()
     n = 6
-    barrier = threading.Barrier(n, timeout=10)
-    created: list[bool] = []
-    chain_ids: list[str] = []
+    chains = [new_chain(subject) for _ in range(n)]
+    barrier = threading.Barrier(n, timeout=20)
+    won: list[str] = []
+    refused: list[str] = []
     errors: list[BaseException] = []
-    lock = threading.Lock()
+    guard = threading.Lock()
 
-    def report(i: int) -> None:
-        kind = SAFETY if i % 2 == 0 else INSURANCE
+    def insert(chain: Chain) -> None:
         try:
             with store.unit() as u:
                 barrier.wait()
-                rec = u.record_report(report_of(subject, {kind}), FIRST, NOW)
-            with lock:
-                created.append(rec.created)
-                chain_ids.append(rec.chain.chain_id)
+                u.chains.insert([chain], NOW)
+            with guard:
+                won.append(chain.chain_id)
+        except DuplicateRecord:
+            with guard:
+                refused.append(chain.chain_id)
         except BaseException as exc:
-            with lock:
+            with guard:
                 errors.append(exc)
 
-    threads = [threading.Thread(target=report, args=(i,)) for i in range(n)]
+    threads = [threading.Thread(target=insert, args=(c,), daemon=True) for c in chains]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=30)
+        t.join(timeout=60)
     assert not any(t.is_alive() for t in threads)
     assert errors == []
-    assert sorted(created) == [False] * (n - 1) + [True]
-    assert len(set(chain_ids)) == 1
+    assert len(won) == 1
+    assert len(refused) == n - 1
     with store.unit() as u:
-        assert count_live(u.session) == 1
-        chain = u.find_chain(subject.application)
-        history = u.history(application=subject.application)
-    assert chain is not None
-    assert chain.missing == frozenset({SAFETY, INSURANCE})
-    assert chain.version == n
-    assert sorted(h.event for h in history) == ["merged"] * (n - 1) + ["reported"]
-    assert history[0].event == "reported"
+        assert ids(u.chains.of_office(None)) == won
 
 
-# -- DESIGN 3: attempts are claimed once ------------------------------------------------
-
-
-def test_claim_expected_attempt_succeeds_once(store: RetryStore) -> None:
-    chain = record(store, new_subject(), {SAFETY})
-    claim_at = datetime(2026, 11, 27, 8, 40, 2, tzinfo=TOKYO)
+def test_insert_of_nothing_is_a_no_op(store: RetryStore) -> None:
     with store.unit() as u:
-        claimed = u.claim_attempt(chain.chain_id, 1, SLOT_0840, claim_at)
-    assert claimed is not None
-    assert claimed.chain_id == chain.chain_id
-    assert claimed.attempts_made == 1
-    assert claimed.version == chain.version + 1
-    assert claimed.cursor == chain.cursor  # the slot moves only with advance
+        u.chains.insert([], NOW)
+        u.chains.save([], NOW)
+        u.chains.mark_dispatched([], SLOT_0840)
+        u.chains.delete([])
+        u.history.append([])
+        assert u.outbox.add([], NOW) == []
+        u.outbox.mark_sent([], NOW)
+    assert count(store, ChainRow) == 0
+
+
+# -- reading chains ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lock", [False, True])
+def test_of_applications_maps_each_live_application(store: RetryStore, lock: bool) -> None:
+    one, two, three = inserted(store, new_chain(), new_chain(), new_chain())
+    unknown = new_subject().application
+    wanted = [two.subject.application, one.subject.application, unknown, one.subject.application]
     with store.unit() as u:
-        assert u.claim_attempt(chain.chain_id, 1, SLOT_0840, claim_at) is None  # duplicate
-        stored = u.get_chain(chain.chain_id)
-    assert stored == claimed
+        found = u.chains.of_applications(wanted, lock=lock)
+        assert u.chains.of_applications([], lock=lock) == {}
+    assert found == {one.subject.application: one, two.subject.application: two}
+    assert three.subject.application not in found
 
 
-def test_claim_matches_the_slot_as_an_instant_not_its_zone(store: RetryStore) -> None:
-    chain = record(store, new_subject(), {SAFETY})
-    slot_utc = datetime(2026, 11, 26, 23, 40, tzinfo=UTC)  # 08:40 Japan time
+def test_batches_over_many_chains(store: RetryStore) -> None:
+    """Reads and writes by id list cover every id however long the list (IN chunks)."""
+    chains = [new_chain() for _ in range(1234)]
+    inserted(store, *chains)
+    apps = [c.subject.application for c in chains]
     with store.unit() as u:
-        assert u.claim_attempt(chain.chain_id, 1, slot_utc, NOW) is not None
-
-
-@pytest.mark.parametrize(
-    ("attempt_no", "slot"),
-    [
-        pytest.param(2, SLOT_0840, id="attempt-ahead"),
-        pytest.param(0, SLOT_0840, id="attempt-behind"),
-        pytest.param(1, SLOT_0850, id="wrong-slot"),
-        pytest.param(1, SLOT_0840.add(seconds=1), id="slot-off-by-a-second"),
-    ],
-)
-def test_claim_of_unexpected_attempt_is_refused(
-    store: RetryStore, attempt_no: int, slot: pendulum.DateTime
-) -> None:
-    chain = record(store, new_subject(), {SAFETY})
+        assert u.chains.of_applications(apps, lock=True) == {
+            c.subject.application: c for c in chains
+        }
+        u.chains.mark_dispatched(ids(chains), SLOT_0840)
     with store.unit() as u:
-        assert u.claim_attempt(chain.chain_id, attempt_no, slot, NOW) is None
-        assert u.get_chain(chain.chain_id) == chain  # untouched
-
-
-def test_claim_of_unknown_chain_is_refused(store: RetryStore) -> None:
-    record(store, new_subject(), {SAFETY})
+        assert all(c.dispatched_for == SLOT_0840 for c in u.chains.of_office(None))
+        u.chains.delete(ids(chains[:1001]))
     with store.unit() as u:
-        assert u.claim_attempt(uuid.uuid4().hex, 1, SLOT_0840, NOW) is None
+        assert sorted(ids(u.chains.of_office(None))) == sorted(ids(chains[1001:]))
 
 
-def test_stale_attempt_after_advance_is_refused(
-    store: RetryStore, calendar: BusinessCalendar
-) -> None:
-    chain = record(store, new_subject(), {SAFETY})
+@ONLY_POSTGRES
+def test_of_applications_with_lock_holds_the_rows_until_commit(store: RetryStore) -> None:
+    (chain,) = inserted(store, new_chain())
+    app = chain.subject.application
+    with held_open(store, lambda u: u.chains.of_applications([app], lock=True)) as held:
+        assert held == {app: chain}
+        with store.unit() as u:  # a plain read does not wait
+            no_lock_waits(u)
+            assert u.chains.of_applications([app], lock=False) == {app: chain}
+        with pytest.raises(OperationalError, match="lock"), store.unit() as u:
+            no_lock_waits(u)
+            u.chains.of_applications([app], lock=True)
+    with store.unit() as u:  # released by the commit
+        no_lock_waits(u)
+        assert u.chains.of_applications([app], lock=True) == {app: chain}
+
+
+def test_r15_of_office_scopes_to_one_office_oldest_detection_first(store: RetryStore) -> None:
+    a_late = new_chain(
+        new_subject("OFFICE-A"), detected_at=datetime(2026, 11, 27, 9, 5, tzinfo=TOKYO)
+    )
+    b = new_chain(new_subject("OFFICE-B"))
+    a_early = new_chain(new_subject("OFFICE-A"))
+    ties = sorted([new_chain(new_subject("OFFICE-C")) for _ in range(3)], key=lambda c: c.chain_id)
+    inserted(store, a_late, b, a_early, *reversed(ties))
     with store.unit() as u:
-        claimed = u.claim_attempt(chain.chain_id, 1, SLOT_0840, NOW)
-        assert claimed is not None
-        nxt = advance_chain(claimed.cursor, calendar)
-        assert nxt is not None
-        u.advance(
-            claimed, nxt, missing=frozenset({SAFETY}), found=frozenset(), slot=SLOT_0840, now=NOW
-        )
-    with store.unit() as u:
-        # A late redelivery of attempt 1, in either form, does nothing.
-        assert u.claim_attempt(chain.chain_id, 1, SLOT_0840, NOW) is None
-        assert u.claim_attempt(chain.chain_id, 1, SLOT_0850, NOW) is None
-        assert u.claim_attempt(chain.chain_id, 2, SLOT_0840, NOW) is None
-        second = u.claim_attempt(chain.chain_id, 2, SLOT_0850, NOW)
-    assert second is not None
-    assert second.attempts_made == 2
-
-
-def test_claim_in_a_failed_unit_is_rolled_back(store: RetryStore) -> None:
-    chain = record(store, new_subject(), {SAFETY})
-    with pytest.raises(RuntimeError, match="worker died"), store.unit() as u:
-        assert u.claim_attempt(chain.chain_id, 1, SLOT_0840, NOW) is not None
-        raise RuntimeError("worker died")
-    with store.unit() as u:
-        assert u.get_chain(chain.chain_id) == chain  # attempts_made 0, version 1
-        again = u.claim_attempt(chain.chain_id, 1, SLOT_0840, NOW)
-    assert again is not None
-    assert again.attempts_made == 1
-
-
-# -- R5: every attempt and park in the history ---------------------------------------------
-
-
-def test_r5_advance_sets_next_cursor_and_logs_attempt(
-    store: RetryStore, calendar: BusinessCalendar
-) -> None:
-    subject = new_subject()
-    chain = record(store, subject, {SAFETY, INSURANCE})
-    checked_at = datetime(2026, 11, 27, 8, 40, 3, tzinfo=TOKYO)
-    with store.unit() as u:
-        claimed = u.claim_attempt(chain.chain_id, 1, SLOT_0840, checked_at)
-        assert claimed is not None
-        nxt = advance_chain(claimed.cursor, calendar)
-        assert nxt == Cursor(Phase.SAME_DAY, 1, SLOT_0850)
-        advanced = u.advance(
-            claimed,
-            nxt,
-            missing=frozenset({SAFETY}),
-            found=frozenset({INSURANCE}),
-            slot=SLOT_0840,
-            now=checked_at,
-        )
-    assert advanced.cursor == nxt
-    assert advanced.missing == frozenset({SAFETY})
-    assert advanced.found == frozenset({INSURANCE})
-    assert advanced.attempts_made == 1
-    assert advanced.next_attempt_no == 2
-    assert advanced.version == claimed.version + 1
-    with store.unit() as u:
-        assert u.get_chain(chain.chain_id) == advanced
-        history = u.history(application=subject.application)
-    assert [h.event for h in history] == ["reported", "attempt"]
-    attempt = history[1]
-    assert attempt.attempt_no == 1
-    assert attempt.slot == SLOT_0840
-    assert attempt.missing == ("safety",)
-    assert attempt.recorded_at == checked_at
-    assert "2026-11-27T08:50:00+09:00" in attempt.detail
-    assert "parked" not in attempt.detail
-
-
-def test_r10_advance_into_the_next_day_notes_the_park(store: RetryStore) -> None:
-    subject = new_subject()
-    slot_1550 = jst(11, 27, 15, 50)
-    chain = record(store, subject, {SAFETY}, cursor=Cursor(Phase.SAME_DAY, 2, slot_1550))
-    parked = Cursor(Phase.NEXT_DAY, 0, MON_0830)
-    with store.unit() as u:
-        claimed = u.claim_attempt(chain.chain_id, 1, slot_1550, NOW)
-        assert claimed is not None
-        advanced = u.advance(
-            claimed, parked, missing=frozenset({SAFETY}), found=frozenset(), slot=slot_1550, now=NOW
-        )
-    assert advanced.cursor == parked
-    assert advanced.cursor.parked
-    with store.unit() as u:
-        last = u.history(application=subject.application)[-1]
-    assert last.event == "attempt"
-    assert "(parked, R10)" in last.detail
-
-
-def test_advance_with_a_stale_chain_raises(store: RetryStore) -> None:
-    chain = record(store, new_subject(), {SAFETY})
-    with store.unit() as u:
-        assert u.claim_attempt(chain.chain_id, 1, SLOT_0840, NOW) is not None
-    with pytest.raises(StoreError), store.unit() as u:
-        u.advance(
-            chain,  # version 1, the claim made it 2
-            Cursor(Phase.SAME_DAY, 1, SLOT_0850),
-            missing=frozenset({SAFETY}),
-            found=frozenset(),
-            slot=SLOT_0840,
-            now=NOW,
-        )
-
-
-def test_r10_reschedule_parks_and_logs_parked(store: RetryStore) -> None:
-    subject = new_subject()
-    chain = record(store, subject, {SAFETY, INSURANCE})
-    parked = Cursor(Phase.NEXT_DAY, 0, MON_0830)
-    closed_at = datetime(2026, 11, 27, 16, 0, tzinfo=TOKYO)
-    with store.unit() as u:
-        moved = u.reschedule(chain, parked, closed_at, "R10: OSS close")
-    assert moved.cursor == parked
-    assert moved.cursor.parked
-    assert moved.attempts_made == chain.attempts_made
-    assert moved.missing == chain.missing
-    assert moved.version == chain.version + 1
-    with store.unit() as u:
-        assert u.get_chain(chain.chain_id) == moved
-        last = u.history(application=subject.application)[-1]
-    assert last.event == "parked"
-    assert last.slot == MON_0830
-    assert last.detail == "R10: OSS close"
-    assert last.missing == ("safety", "insurance")
-    assert last.attempt_no is None
-    assert last.recorded_at == closed_at
-
-
-def test_mark_dispatched_only_for_the_current_slot(store: RetryStore) -> None:
-    chain = record(store, new_subject(), {SAFETY})
-    with store.unit() as u:
-        assert u.mark_dispatched(chain.chain_id, SLOT_0850) is False
-        assert u.mark_dispatched(chain.chain_id, SLOT_0840) is True
-        row = u.session.get(ChainRow, chain.chain_id)
-        assert row is not None
-        assert row.dispatched_for == SLOT_0840
-
-
-# -- R5 / DESIGN 5: ending is one transaction -----------------------------------------------
-
-
-def test_r5_end_chain_deletes_record_logs_and_writes_outbox(store: RetryStore) -> None:
-    subject = new_subject("OFFICE-E")
-    chain = record(store, subject, {SAFETY, INSURANCE})
-    decided = datetime(2026, 11, 27, 9, 30, tzinfo=TOKYO)
-    now = datetime(2026, 11, 27, 9, 30, 4, tzinfo=TOKYO)
-    with store.unit() as u:
-        pending = u.end_chain(
-            chain,
-            Outcome.AUTO_CORRECTED,
-            missing=frozenset({SAFETY}),
-            decided_at=decided,
-            now=now,
-            detail="R8: still missing after attempt 6",
-        )
-    assert pending.chain_id == chain.chain_id
-    assert pending.idempotency_key == f"{chain.chain_id}:{Outcome.AUTO_CORRECTED}"
-    assert pending.idempotency_key == f"{chain.chain_id}:auto_corrected"
-    assert pending.idempotency_key == idempotency_key(chain.chain_id, Outcome.AUTO_CORRECTED)
-    assert pending.outcome is Outcome.AUTO_CORRECTED
-    assert pending.application == subject.application
-    assert pending.office == "OFFICE-E"
-    assert pending.missing == ("safety",)
-    assert pending.decided_at == decided
-    assert pending.send_count == 0
-    with store.unit() as u:
-        assert u.get_chain(chain.chain_id) is None
-        assert u.find_chain(subject.application) is None
-        assert count_live(u.session) == 0
-        assert u.pending_outcomes() == [pending]
-        history = u.history(application=subject.application)
-    assert [h.event for h in history] == ["reported", "auto_corrected"]
-    ending = history[-1]
-    assert ending.chain_id == chain.chain_id
-    assert ending.attempt_no is None  # decided without an attempt (R3)
-    assert ending.slot == decided
-    assert ending.missing == ("safety",)
-    assert ending.detail == "R8: still missing after attempt 6"
-    assert ending.recorded_at == now
-
-
-def test_r5_resume_after_attempt_logs_attempt_number(store: RetryStore) -> None:
-    subject = new_subject()
-    chain = record(store, subject, {SAFETY})
-    with store.unit() as u:
-        claimed = u.claim_attempt(chain.chain_id, 1, SLOT_0840, NOW)
-        assert claimed is not None
-        assert claimed.attempts_made == 1
-        pending = u.end_chain(
-            claimed,
-            Outcome.RESUMED,
-            missing=frozenset(),
-            decided_at=SLOT_0840,
-            now=NOW,
-            attempt_no=claimed.attempts_made,
-        )
-    assert pending.idempotency_key == f"{chain.chain_id}:resumed"
-    assert pending.missing == ()
-    with store.unit() as u:
-        ending = u.history(application=subject.application)[-1]
-    assert ending.event == "resumed"
-    assert ending.attempt_no == 1
-
-
-def test_r5_end_chain_rolled_back_with_its_unit(store: RetryStore) -> None:
-    subject = new_subject()
-    chain = record(store, subject, {SAFETY})
-    with pytest.raises(RuntimeError, match="relay crashed"), store.unit() as u:
-        u.end_chain(
-            chain, Outcome.AUTO_CORRECTED, missing=frozenset({SAFETY}), decided_at=NOW, now=NOW
-        )
-        assert u.get_chain(chain.chain_id) is None  # gone inside the unit...
-        raise RuntimeError("relay crashed")
-    with store.unit() as u:
-        assert u.get_chain(chain.chain_id) == chain  # ...but live and unchanged after it
-        assert u.pending_outcomes() == []
-    assert outbox_count(store, chain.chain_id) == 0
-    assert events(store, subject.application) == ["reported"]
-
-
-def test_r16_ending_twice_raises_and_keeps_one_ending(store: RetryStore) -> None:
-    subject = new_subject()
-    chain = record(store, subject, {SAFETY})
-    with store.unit() as u:
-        u.end_chain(chain, Outcome.RESUMED, missing=frozenset(), decided_at=NOW, now=NOW)
-    with pytest.raises(StoreError), store.unit() as u:
-        u.end_chain(
-            chain, Outcome.AUTO_CORRECTED, missing=frozenset({SAFETY}), decided_at=NOW, now=NOW
-        )
-    assert outbox_count(store, chain.chain_id) == 1
-    assert events(store, subject.application) == ["reported", "resumed"]
-
-
-def test_end_chain_with_a_changed_chain_raises_and_keeps_it_live(store: RetryStore) -> None:
-    chain = record(store, new_subject(), {SAFETY})
-    with store.unit() as u:
-        claimed = u.claim_attempt(chain.chain_id, 1, SLOT_0840, NOW)
-    with pytest.raises(StoreError), store.unit() as u:
-        u.end_chain(chain, Outcome.RESUMED, missing=frozenset(), decided_at=NOW, now=NOW)
-    with store.unit() as u:
-        assert u.get_chain(chain.chain_id) == claimed
-    assert outbox_count(store, chain.chain_id) == 0
-
-
-@pytest.mark.parametrize("second", [Outcome.RESUMED, Outcome.AUTO_CORRECTED])
-def test_one_ending_per_chain_in_the_outbox(store: RetryStore, second: Outcome) -> None:
-    """DESIGN 5: one chain never ends both ways, nor twice the same way."""
-    subject = new_subject()
-    chain = record(store, subject, {SAFETY})
-    with store.unit() as u:
-        u.end_chain(chain, Outcome.RESUMED, missing=frozenset(), decided_at=NOW, now=NOW)
-    with pytest.raises(IntegrityError), store.unit() as u:
-        u.add_outcome(
-            chain.chain_id, subject, second, missing=frozenset({SAFETY}), decided_at=NOW, now=NOW
-        )
-    assert outbox_count(store, chain.chain_id) == 1
-
-
-# -- DESIGN 5: the outbox ------------------------------------------------------------------
-
-
-def test_pending_outcomes_oldest_first_and_mark_sent(store: RetryStore) -> None:
-    first = record(store, new_subject(), {SAFETY})
-    second = record(store, new_subject(), {INSURANCE})
-    third = record(store, new_subject(), {SAFETY})
-    with store.unit() as u:
-        p1 = u.end_chain(first, Outcome.RESUMED, missing=frozenset(), decided_at=NOW, now=NOW)
-    with store.unit() as u:
-        p2 = u.end_chain(
-            second, Outcome.AUTO_CORRECTED, missing=frozenset({INSURANCE}), decided_at=NOW, now=NOW
-        )
-        p3 = u.end_chain(third, Outcome.RESUMED, missing=frozenset(), decided_at=NOW, now=NOW)
-    assert p1.id < p2.id < p3.id
-    sent_at = datetime(2026, 11, 27, 8, 37, tzinfo=TOKYO)
-    with store.unit() as u:
-        assert [p.chain_id for p in u.pending_outcomes()] == [
-            first.chain_id,
-            second.chain_id,
-            third.chain_id,
-        ]
-        assert u.pending_outcomes(limit=2) == [p1, p2]
-        u.mark_sent(p2.id, sent_at)
-    with store.unit() as u:
-        assert u.pending_outcomes() == [p1, p3]
-        row = u.session.get(OutboxRow, p2.id)
-        assert row is not None
-        assert row.sent_at == sent_at
-        assert row.send_count == 1
-    with store.unit() as u:
-        u.mark_sent(p2.id, sent_at + timedelta(minutes=1))  # at least once: a resend counts
-        u.mark_sent(p1.id, sent_at)
-        u.mark_sent(p3.id, sent_at)
-    with store.unit() as u:
-        assert u.pending_outcomes() == []
-        row = u.session.get(OutboxRow, p2.id)
-        assert row is not None
-        assert row.send_count == 2
-
-
-# -- R10: close signals ---------------------------------------------------------------------
-
-
-def test_r10_close_signals_by_japan_day(store: RetryStore) -> None:
-    monday_1045 = datetime(2026, 11, 30, 10, 45, tzinfo=TOKYO)
-    # 2026-11-30 15:15 UTC is already Tuesday 00:15 in Japan.
-    tuesday_0015 = datetime(2026, 11, 30, 15, 15, tzinfo=UTC)
-    friday_1400 = datetime(2026, 11, 27, 14, 0, tzinfo=TOKYO)
-    with store.unit() as u:
-        u.add_close_signal(monday_1045, NOW)
-        u.add_close_signal(tuesday_0015, NOW)
-        u.add_close_signal(friday_1400, NOW)
-    with store.unit() as u:
-        monday = u.close_signals(date(2026, 11, 30), date(2026, 11, 30))
-        tuesday = u.close_signals(date(2026, 12, 1), date(2026, 12, 1))
-        week = u.close_signals(date(2026, 11, 27), date(2026, 12, 1))
-        none = u.close_signals(date(2026, 11, 28), date(2026, 11, 29))
-    assert monday == [monday_1045]
-    assert tuesday == [tuesday_0015]
-    assert week == [friday_1400, monday_1045, tuesday_0015]
-    assert none == []
-    assert all(s.utcoffset() == timedelta(0) for s in week)
-
-
-# -- R15: an office sees its own applications -------------------------------------------------
-
-
-def test_r15_chains_of_office_only_that_office(store: RetryStore) -> None:
-    a_late = new_subject("OFFICE-A")
-    a_early = new_subject("OFFICE-A")
-    b = new_subject("OFFICE-B")
-    with store.unit() as u:
-        u.record_report(
-            report_of(a_late, {SAFETY}, detected_at=datetime(2026, 11, 27, 9, 5, tzinfo=TOKYO)),
-            Cursor(Phase.SAME_DAY, 0, jst(11, 27, 9, 10)),
-            NOW,
-        )
-        u.record_report(report_of(b, {INSURANCE}), FIRST, NOW)
-        u.record_report(report_of(a_early, {SAFETY}), FIRST, NOW)
-    with store.unit() as u:
-        office_a = u.chains_of_office("OFFICE-A")
-        office_b = u.chains_of_office("OFFICE-B")
-        a_one = u.chains_of_office("OFFICE-A", application=a_late.application)
-        a_asks_b = u.chains_of_office("OFFICE-A", application=b.application)
-        unknown = u.chains_of_office("OFFICE-Z")
-    assert [c.subject.application for c in office_a] == [a_early.application, a_late.application]
-    assert [c.subject.application for c in office_b] == [b.application]
-    assert [c.subject.application for c in a_one] == [a_late.application]
+        office_a = u.chains.of_office("OFFICE-A")
+        office_b = u.chains.of_office("OFFICE-B")
+        office_c = u.chains.of_office("OFFICE-C")
+        a_one = u.chains.of_office("OFFICE-A", application=a_late.subject.application)
+        a_asks_b = u.chains.of_office("OFFICE-A", application=b.subject.application)
+        anyone_b = u.chains.of_office(None, application=b.subject.application)
+        unknown = u.chains.of_office("OFFICE-Z")
+        everyone = u.chains.of_office(None)
+    assert office_a == [a_early, a_late]
+    assert office_b == [b]
+    assert office_c == ties  # same detection: by chain id
+    assert a_one == [a_late]
     assert a_asks_b == []
+    assert anyone_b == [b]
     assert unknown == []
-
-
-def test_r15_history_filtered_by_office_and_application(store: RetryStore) -> None:
-    a = new_subject("OFFICE-A")
-    b = new_subject("OFFICE-B")
-    chain_a = record(store, a, {SAFETY})
-    record(store, b, {INSURANCE})
-    with store.unit() as u:
-        u.reschedule(chain_a, Cursor(Phase.NEXT_DAY, 0, MON_0830), NOW, "R10")
-    with store.unit() as u:
-        of_a = u.history(office="OFFICE-A")
-        of_b = u.history(office="OFFICE-B")
-        a_in_b = u.history(office="OFFICE-B", application=a.application)
-        everything = u.history()
-    assert [(h.application, h.event) for h in of_a] == [
-        (a.application, "reported"),
-        (a.application, "parked"),
-    ]
-    assert [(h.application, h.event) for h in of_b] == [(b.application, "reported")]
-    assert a_in_b == []
-    assert len(everything) == 3
-
-
-def test_r5_history_is_in_recording_order(store: RetryStore, calendar: BusinessCalendar) -> None:
-    one, two = new_subject(), new_subject()
-    c1 = record(store, one, {SAFETY})
-    c2 = record(store, two, {SAFETY})
-    # Recorded-at instants deliberately out of order: the history follows insertion.
-    with store.unit() as u:
-        claimed = u.claim_attempt(c2.chain_id, 1, SLOT_0840, NOW)
-        assert claimed is not None
-        nxt = advance_chain(claimed.cursor, calendar)
-        assert nxt is not None
-        u.advance(
-            claimed, nxt, missing=frozenset({SAFETY}), found=frozenset(), slot=SLOT_0840, now=NOW
-        )
-    with store.unit() as u:
-        u.end_chain(
-            c1,
-            Outcome.RESUMED,
-            missing=frozenset(),
-            decided_at=NOW,
-            now=NOW - timedelta(hours=1),
-        )
-    with store.unit() as u:
-        everything = u.history()
-        of_two = u.history(application=two.application)
-    assert [(h.chain_id, h.event) for h in everything] == [
-        (c1.chain_id, "reported"),
-        (c2.chain_id, "reported"),
-        (c2.chain_id, "attempt"),
-        (c1.chain_id, "resumed"),
-    ]
-    assert [h.event for h in of_two] == ["reported", "attempt"]
-
-
-# -- DESIGN 4: due chains --------------------------------------------------------------------
+    assert len(everyone) == 6
+    assert everyone[-1] == a_late
 
 
 @pytest.fixture
-def due_setup(store: RetryStore) -> Iterator[dict[str, Chain]]:
+def slotted(store: RetryStore) -> dict[str, Chain]:
     chains = {
-        "0840a": record(store, new_subject(), {SAFETY}, cursor=FIRST),
-        "0840b": record(store, new_subject(), {SAFETY}, cursor=FIRST),
-        "0850": record(store, new_subject(), {SAFETY}, cursor=Cursor(Phase.SAME_DAY, 0, SLOT_0850)),
-        "mon": record(store, new_subject(), {SAFETY}, cursor=Cursor(Phase.NEXT_DAY, 0, MON_0830)),
+        "0840a": new_chain(),
+        "0840b": new_chain(),
+        "0850": new_chain(slot=SLOT_0850, used=1),
+        "mon": new_chain(slot=MON_0830, phase=Phase.NEXT_DAY),
     }
-    yield chains
+    inserted(store, *chains.values())
+    return chains
 
 
-def test_due_chains_oldest_slot_first_then_chain_id(
-    store: RetryStore, due_setup: dict[str, Chain]
-) -> None:
-    c = due_setup
+def test_due_oldest_slot_first_then_chain_id(store: RetryStore, slotted: dict[str, Chain]) -> None:
+    c = slotted
     ties = sorted([c["0840a"].chain_id, c["0840b"].chain_id])
     with store.unit() as u:
-        due = u.due_chains(datetime(2026, 11, 27, 9, 0, tzinfo=TOKYO))
-        limited = u.due_chains(datetime(2026, 11, 27, 9, 0, tzinfo=TOKYO), limit=1)
-    assert [x.chain_id for x in due] == [*ties, c["0850"].chain_id]
-    assert [x.chain_id for x in limited] == ties[:1]
+        due = u.chains.due(datetime(2026, 11, 27, 9, 0, tzinfo=TOKYO), 100)
+        limited = u.chains.due(datetime(2026, 11, 27, 9, 0, tzinfo=TOKYO), 1)
+    assert ids(due) == [*ties, c["0850"].chain_id]
+    assert ids(limited) == ties[:1]
 
 
 @pytest.mark.parametrize(
@@ -812,43 +527,503 @@ def test_due_chains_oldest_slot_first_then_chain_id(
         ),
     ],
 )
-def test_due_chains_cut_off_is_inclusive(
-    store: RetryStore, due_setup: dict[str, Chain], now: datetime, expected: list[str]
+def test_due_cut_off_is_inclusive(
+    store: RetryStore, slotted: dict[str, Chain], now: datetime, expected: list[str]
 ) -> None:
     with store.unit() as u:
-        due = {x.chain_id for x in u.due_chains(now)}
-    assert due == {due_setup[k].chain_id for k in expected}
+        due = set(ids(u.chains.due(now, 100)))
+    assert due == {slotted[k].chain_id for k in expected}
 
 
-# -- Storage: instants are UTC, read back aware ----------------------------------------------
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [
+        pytest.param(SLOT_0840, SLOT_0850, ["0840a", "0840b"], id="start-inclusive-end-exclusive"),
+        pytest.param(
+            SLOT_0840, SLOT_0850.add(microseconds=1), ["0840a", "0840b", "0850"], id="end"
+        ),
+        pytest.param(SLOT_0840.add(microseconds=1), MON_0830, ["0850"], id="after-0840"),
+        pytest.param(
+            datetime(2026, 11, 27, 0, 0, tzinfo=UTC),  # 09:00 Japan time
+            datetime(2026, 12, 1, 0, 0, tzinfo=TOKYO),
+            ["mon"],
+            id="utc-bounds",
+        ),
+        pytest.param(SLOT_0900, MON_0830, [], id="nothing-between"),
+    ],
+)
+def test_slotted_between_is_half_open_and_ordered(
+    store: RetryStore,
+    slotted: dict[str, Chain],
+    start: datetime,
+    end: datetime,
+    expected: list[str],
+) -> None:
+    with store.unit() as u:
+        found = u.chains.slotted_between(start, end)
+    want = sorted((slotted[k] for k in expected), key=lambda c: (c.cursor.slot, c.chain_id))
+    assert found == want
+
+
+@ONLY_POSTGRES
+def test_r10_slotted_between_locks_what_it_returns(
+    store: RetryStore, slotted: dict[str, Chain]
+) -> None:
+    with held_open(store, lambda u: u.chains.slotted_between(SLOT_0840, SLOT_0850)) as parked:
+        assert ids(parked) == sorted([slotted["0840a"].chain_id, slotted["0840b"].chain_id])
+        with store.unit() as u:  # a slot's batch skips them; chains outside stay free
+            no_lock_waits(u)
+            assert u.chains.claim(SLOT_0840, 10) == []
+            assert u.chains.claim(SLOT_0850, 10) == [slotted["0850"]]
+        with pytest.raises(OperationalError, match="lock"), store.unit() as u:
+            no_lock_waits(u)
+            u.chains.of_applications([slotted["0840a"].subject.application], lock=True)
+
+
+# -- DESIGN 3: a slot's batch claims its chains ------------------------------------------------
+
+
+def test_claim_takes_only_chains_at_exactly_that_slot(
+    store: RetryStore, slotted: dict[str, Chain]
+) -> None:
+    off_by_a_second = new_chain(slot=SLOT_0840.add(seconds=1))
+    inserted(store, off_by_a_second)
+    with store.unit() as u:
+        at_0840 = u.chains.claim(SLOT_0840, 10)
+        as_utc = u.chains.claim(datetime(2026, 11, 26, 23, 40, tzinfo=UTC), 10)
+        at_0850 = u.chains.claim(SLOT_0850, 10)
+        at_0900 = u.chains.claim(SLOT_0900, 10)
+    pair = {slotted["0840a"].chain_id, slotted["0840b"].chain_id}
+    assert set(ids(at_0840)) == pair  # not the earlier-slotted, not 08:40:01
+    assert set(ids(as_utc)) == pair  # the slot is an instant, not a zone
+    assert at_0850 == [slotted["0850"]]
+    assert at_0900 == []
+
+
+def test_claim_takes_at_most_limit(store: RetryStore) -> None:
+    chains = inserted(store, *(new_chain() for _ in range(5)))
+    with store.unit() as u:
+        claimed = u.chains.claim(SLOT_0840, 3)
+    assert len(claimed) == 3
+    assert set(ids(claimed)) <= set(ids(chains))
+    assert len(set(ids(claimed))) == 3
+
+
+@ONLY_POSTGRES
+def test_concurrent_claims_of_one_slot_get_disjoint_sets(store: RetryStore) -> None:
+    """SKIP LOCKED: a second batch of the slot takes the rest instead of waiting."""
+    chains = inserted(store, *(new_chain() for _ in range(7)))
+    inserted(store, new_chain(slot=SLOT_0850))
+    with held_open(store, lambda u: u.chains.claim(SLOT_0840, 4)) as first, store.unit() as u:
+        no_lock_waits(u)
+        second = u.chains.claim(SLOT_0840, 10)
+        third = u.chains.claim(SLOT_0840, 10)  # its own locks do not hide rows from it
+    assert len(first) == 4
+    assert len(second) == 3
+    assert set(ids(first)).isdisjoint(ids(second))
+    assert set(ids(first)) | set(ids(second)) == set(ids(chains))
+    assert set(ids(third)) == set(ids(second))
+
+
+# -- writing chains ------------------------------------------------------------------------------
+
+
+def test_save_round_trips_every_field_it_writes(store: RetryStore) -> None:
+    moved, parked, untouched = inserted(store, new_chain(), new_chain(), new_chain())
+    moved2 = Chain(
+        chain_id=moved.chain_id,
+        subject=moved.subject,
+        missing=frozenset({INSURANCE}),
+        found=frozenset({SAFETY}),
+        confirmed=frozenset({COMPLETION}),
+        detected_at=moved.detected_at,
+        attempts_made=1,
+        cursor=Cursor(Phase.SAME_DAY, 1, SLOT_0850),
+        version=2,
+        dispatched_for=SLOT_0840,
+    )
+    parked2 = Chain(
+        chain_id=parked.chain_id,
+        subject=parked.subject,
+        missing=frozenset({SAFETY, INSURANCE}),
+        found=frozenset(),
+        confirmed=frozenset({INSURANCE, COMPLETION}),
+        detected_at=parked.detected_at,
+        attempts_made=6,
+        cursor=Cursor(Phase.NEXT_DAY, 0, MON_0830),
+        version=9,
+        dispatched_for=None,
+    )
+    with store.unit() as u:
+        u.chains.save([moved2, parked2], LATER)
+        assert u.chains.get(moved.chain_id) == moved2  # read back inside the same unit
+    with store.unit() as u:
+        assert u.chains.get(moved.chain_id) == moved2
+        assert u.chains.get(parked.chain_id) == parked2
+        assert u.chains.get(untouched.chain_id) == untouched
+        row = u.session.get(ChainRow, parked.chain_id)
+    assert row is not None
+    assert row.updated_at == LATER
+    assert row.created_at == NOW
+    assert row.confirmed == ["insurance", "completion"]
+
+
+def test_save_clears_dispatched_for(store: RetryStore) -> None:
+    (chain,) = inserted(store, new_chain())
+    with store.unit() as u:
+        u.chains.mark_dispatched([chain.chain_id], SLOT_0840)
+    with store.unit() as u:
+        sent = u.chains.get(chain.chain_id)
+        assert sent is not None and sent.dispatched_for == SLOT_0840
+        u.chains.save([chain], LATER)  # dispatched_for None, as given
+    with store.unit() as u:
+        assert u.chains.get(chain.chain_id) == chain
+
+
+def test_mark_dispatched_only_for_chains_still_at_that_slot(store: RetryStore) -> None:
+    at_slot, elsewhere, moved = inserted(store, new_chain(), new_chain(slot=SLOT_0850), new_chain())
+    with store.unit() as u:
+        moved_on = replace(moved, cursor=Cursor(Phase.SAME_DAY, 1, SLOT_0850))
+        u.chains.save([moved_on], NOW)  # moved on inside this unit
+        u.chains.mark_dispatched(
+            [at_slot.chain_id, elsewhere.chain_id, moved.chain_id, uuid.uuid4().hex],
+            datetime(2026, 11, 26, 23, 40, tzinfo=UTC),  # 08:40 Japan time
+        )
+        assert u.chains.get(at_slot.chain_id) == replace(at_slot, dispatched_for=SLOT_0840)
+    with store.unit() as u:
+        after = {c.chain_id: c.dispatched_for for c in u.chains.of_office(None)}
+    assert after == {at_slot.chain_id: SLOT_0840, elsewhere.chain_id: None, moved.chain_id: None}
+
+
+def test_r5_delete_removes_only_those_records(store: RetryStore) -> None:
+    gone, kept = inserted(store, new_chain(), new_chain())
+    with store.unit() as u:
+        u.history.append([line(gone, Event.REPORTED)])
+    with store.unit() as u:
+        u.chains.delete([gone.chain_id, uuid.uuid4().hex])
+        assert u.chains.get(gone.chain_id) is None
+    with store.unit() as u:
+        assert u.chains.of_office(None) == [kept]
+        assert u.chains.of_applications([gone.subject.application], lock=False) == {}
+        assert [h.chain_id for h in u.history.lines()] == [gone.chain_id]  # history keeps it
+        u.chains.insert([new_chain(gone.subject)], LATER)  # the application may come again
+
+
+# -- R5: the history -------------------------------------------------------------------------
+
+
+def test_r5_history_round_trips_a_line(store: RetryStore) -> None:
+    chain = new_chain(new_subject("OFFICE-H"))
+    entry = HistoryEntry(
+        chain_id=chain.chain_id,
+        application=chain.subject.application,
+        event=Event.ATTEMPT.value,
+        attempt_no=3,
+        slot=SLOT_0850,
+        missing=("safety", "insurance"),
+        detail="next 2026-11-27T09:00:00+09:00",
+        recorded_at=datetime(2026, 11, 27, 8, 50, 3, 120000, tzinfo=TOKYO),
+        office="OFFICE-H",
+    )
+    bare = HistoryEntry(
+        chain_id=chain.chain_id,
+        application=chain.subject.application,
+        event=Event.REPORTED.value,
+        attempt_no=None,
+        slot=None,
+        missing=(),
+        detail="",
+        recorded_at=NOW,
+        office="OFFICE-H",
+    )
+    with store.unit() as u:
+        u.history.append([entry, bare])
+    with store.unit() as u:
+        got = u.history.lines()
+    assert got == [entry, bare]
+    assert got[0].recorded_at.utcoffset() == timedelta(0)
+
+
+def test_r5_history_lines_in_recording_order_and_filtered(store: RetryStore) -> None:
+    a = new_chain(new_subject("OFFICE-A"))
+    a2 = new_chain(new_subject("OFFICE-A"))
+    b = new_chain(new_subject("OFFICE-B"))
+    # Recorded-at instants deliberately out of order: the history follows insertion.
+    with store.unit() as u:
+        u.history.append(
+            [
+                line(a, Event.REPORTED, recorded_at=LATER),
+                line(b, Event.REPORTED, recorded_at=NOW),
+            ]
+        )
+    with store.unit() as u:
+        u.history.append([line(a, Event.PARKED, recorded_at=NOW - timedelta(hours=1))])
+        u.history.append([line(a2, Event.REPORTED), line(b, Event.ATTEMPT, attempt_no=1)])
+    with store.unit() as u:
+        everything = u.history.lines()
+        of_a = u.history.lines(application=a.subject.application)
+        office_a = u.history.lines(office="OFFICE-A")
+        office_b = u.history.lines(office="OFFICE-B")
+        a_in_b = u.history.lines(office="OFFICE-B", application=a.subject.application)
+        b_in_b = u.history.lines(office="OFFICE-B", application=b.subject.application)
+        nobody = u.history.lines(office="OFFICE-Z")
+    assert [(h.chain_id, h.event) for h in everything] == [
+        (a.chain_id, "reported"),
+        (b.chain_id, "reported"),
+        (a.chain_id, "parked"),
+        (a2.chain_id, "reported"),
+        (b.chain_id, "attempt"),
+    ]
+    assert [h.event for h in of_a] == ["reported", "parked"]
+    assert [(h.chain_id, h.event) for h in office_a] == [
+        (a.chain_id, "reported"),
+        (a.chain_id, "parked"),
+        (a2.chain_id, "reported"),
+    ]
+    assert [h.event for h in office_b] == ["reported", "attempt"]
+    assert a_in_b == []
+    assert b_in_b == office_b
+    assert nobody == []
+
+
+def test_last_decisions_picks_each_applications_latest_decision(store: RetryStore) -> None:
+    twice, once, undecided, other = new_chain(), new_chain(), new_chain(), new_chain()
+    again = new_chain(twice.subject)  # a later chain of the same application
+    tie = new_chain(once.subject)
+    ten = datetime(2026, 11, 27, 10, 0, tzinfo=TOKYO)
+    with store.unit() as u:
+        u.history.append(
+            [
+                line(again, Event.AUTO_CORRECTED, slot=ten),  # latest slot, recorded first
+                line(twice, Event.RESUMED, slot=SLOT_0850),
+                line(once, Event.RESUMED, slot=SLOT_0840),
+                line(tie, Event.AUTO_CORRECTED, slot=SLOT_0840),  # same slot: the later line
+                line(twice, Event.DUPLICATE, slot=MON_0830),  # not decisions
+                line(undecided, Event.REPORTED, slot=MON_0830),
+                line(undecided, Event.ATTEMPT, slot=MON_0830, attempt_no=1),
+                line(undecided, Event.PARKED, slot=MON_0830),
+                line(undecided, Event.MERGED, slot=MON_0830),
+                line(undecided, Event.RESUMED, slot=None),  # no decision time
+                line(other, Event.RESUMED, slot=SLOT_0900),  # not asked for
+            ]
+        )
+    asked = [
+        twice.subject.application,
+        once.subject.application,
+        undecided.subject.application,
+        twice.subject.application,
+        new_subject().application,
+    ]
+    with store.unit() as u:
+        decided = u.history.last_decisions(asked)
+        assert u.history.last_decisions([]) == {}
+    assert decided == {
+        twice.subject.application: (again.chain_id, ten),
+        once.subject.application: (tie.chain_id, SLOT_0840),
+    }
+    assert decided[twice.subject.application][1].utcoffset() == timedelta(0)
+
+
+def test_last_decisions_over_many_applications(store: RetryStore) -> None:
+    chains = [new_chain() for _ in range(1100)]
+    with store.unit() as u:
+        u.history.append([line(c, Event.RESUMED) for c in chains])
+    with store.unit() as u:
+        decided = u.history.last_decisions([c.subject.application for c in chains])
+    assert decided == {c.subject.application: (c.chain_id, SLOT_0840) for c in chains}
+
+
+# -- DESIGN 5: the outbox ------------------------------------------------------------------------
+
+
+def test_outbox_add_returns_the_pending_outcomes(store: RetryStore) -> None:
+    resumed = new_chain(new_subject("OFFICE-E"))
+    corrected = new_chain()
+    decided = datetime(2026, 11, 27, 9, 30, tzinfo=TOKYO)
+    with store.unit() as u:
+        p1, p2 = u.outbox.add(
+            [
+                ending(resumed, decided_at=decided),
+                ending(corrected, Outcome.AUTO_CORRECTED, frozenset({INSURANCE, SAFETY})),
+            ],
+            NOW,
+        )
+    assert p1.id < p2.id
+    assert p1.chain_id == resumed.chain_id
+    assert p1.idempotency_key == f"{resumed.chain_id}:resumed"
+    assert p1.idempotency_key == idempotency_key(resumed.chain_id, Outcome.RESUMED)
+    assert p1.application == resumed.subject.application
+    assert p1.office == "OFFICE-E"
+    assert p1.outcome is Outcome.RESUMED
+    assert p1.missing == ()
+    assert p1.decided_at == decided
+    assert p1.send_count == 0
+    assert p2.idempotency_key == f"{corrected.chain_id}:auto_corrected"
+    assert p2.outcome is Outcome.AUTO_CORRECTED
+    assert p2.missing == ("safety", "insurance")  # stable kind order
+    with store.unit() as u:
+        assert u.outbox.pending(10, resend_before=None) == [p1, p2]
+        assert u.outbox.existing([corrected.chain_id, uuid.uuid4().hex]) == {corrected.chain_id}
+        assert u.outbox.existing([]) == set()
+        assert u.outbox.count_unconfirmed() == 2
+
+
+@pytest.mark.parametrize("second", [Outcome.RESUMED, Outcome.AUTO_CORRECTED])
+def test_r16_one_outcome_per_chain(store: RetryStore, second: Outcome) -> None:
+    """DESIGN 5: one chain never ends both ways, nor twice the same way."""
+    chain, fresh = new_chain(), new_chain()
+    with store.unit() as u:
+        (first,) = u.outbox.add([ending(chain)], NOW)
+    with store.unit() as u:
+        with pytest.raises(DuplicateRecord):
+            u.outbox.add([ending(fresh), ending(chain, second, frozenset({SAFETY}))], LATER)
+        assert u.outbox.existing([fresh.chain_id]) == set()  # the whole batch was undone
+        u.dead_letters.add("t", "the unit goes on", "{}", LATER)
+    with store.unit() as u:
+        assert u.outbox.pending(10, resend_before=None) == [first]
+        assert len(u.dead_letters.newest(10)) == 1
+    assert count(store, OutboxRow) == 1
+
+
+def test_outbox_pending_mark_sent_and_resend(store: RetryStore) -> None:
+    chains = [new_chain() for _ in range(4)]
+    with store.unit() as u:
+        p1, p2, p3, p4 = u.outbox.add([ending(c) for c in chains], NOW)
+    sent_at = datetime(2026, 11, 27, 8, 37, tzinfo=TOKYO)
+    with store.unit() as u:
+        assert u.outbox.pending(2, resend_before=None) == [p1, p2]  # oldest first
+        u.outbox.mark_sent([p2.id, p3.id], sent_at)
+    with store.unit() as u:
+        assert u.outbox.pending(10, resend_before=None) == [p1, p4]  # never sent
+        assert ids_of(u.outbox.pending(10, resend_before=sent_at)) == [p1.id, p4.id]  # strict
+        resend = u.outbox.pending(10, resend_before=sent_at + timedelta(microseconds=1))
+        assert ids_of(resend) == [p1.id, p2.id, p3.id, p4.id]
+        assert resend[1].send_count == 1
+        row = u.session.get(OutboxRow, p2.id)
+        assert row is not None and row.sent_at == sent_at
+    with store.unit() as u:
+        u.outbox.mark_sent([p2.id], sent_at + timedelta(minutes=1))  # at least once: counts
+    with store.unit() as u:
+        (again,) = [p for p in u.outbox.pending(10, resend_before=LATER) if p.id == p2.id]
+    assert again.send_count == 2
+
+
+def test_outbox_confirm_ends_the_resends(store: RetryStore) -> None:
+    one, two = new_chain(), new_chain()
+    with store.unit() as u:
+        p1, p2 = u.outbox.add([ending(one), ending(two, Outcome.AUTO_CORRECTED)], NOW)
+        u.outbox.mark_sent([p1.id, p2.id], NOW)
+    confirmed_at = datetime(2026, 11, 27, 8, 38, tzinfo=TOKYO)
+    with store.unit() as u:
+        assert u.outbox.confirm(p1.idempotency_key, confirmed_at) is True
+        assert u.outbox.confirm(f"{uuid.uuid4().hex}:resumed", confirmed_at) is False
+        assert u.outbox.confirm(f"{two.chain_id}:resumed", confirmed_at) is False  # wrong way
+    with store.unit() as u:
+        assert u.outbox.confirm(p1.idempotency_key, LATER) is True  # again: still known
+        assert u.outbox.count_unconfirmed() == 1
+        assert ids_of(u.outbox.pending(10, resend_before=MON_0830)) == [p2.id]
+
+
+def test_outbox_confirm_stores_the_first_confirmation_instant(store: RetryStore) -> None:
+    chain = new_chain()
+    with store.unit() as u:
+        (pending,) = u.outbox.add([ending(chain)], NOW)
+    confirmed_at = datetime(2026, 11, 27, 8, 38, tzinfo=TOKYO)  # 23:38 UTC the day before
+    with store.unit() as u:
+        assert u.outbox.confirm(pending.idempotency_key, confirmed_at)
+    with store.unit() as u:
+        assert u.outbox.confirm(pending.idempotency_key, LATER)
+    with store.engine.connect() as conn:
+        stored = conn.execute(
+            text("select confirmed_at from outbox where id = :i"), {"i": pending.id}
+        ).scalar_one()
+    with store.unit() as u:
+        row = u.session.get(OutboxRow, pending.id)
+    assert row is not None
+    assert str(stored).startswith("2026-11-26 23:38:00")  # naive UTC, like every instant
+    assert row.confirmed_at == confirmed_at  # the first confirmation stays
+
+
+# -- R10: close signals ------------------------------------------------------------------------
+
+
+def test_r10_close_signals_by_japan_day(store: RetryStore) -> None:
+    monday_1045 = datetime(2026, 11, 30, 10, 45, tzinfo=TOKYO)
+    # 2026-11-30 15:15 UTC is already Tuesday 00:15 in Japan.
+    tuesday_0015 = datetime(2026, 11, 30, 15, 15, tzinfo=UTC)
+    # 2026-11-27 14:59 UTC is still Friday 23:59 in Japan.
+    friday_2359 = datetime(2026, 11, 27, 14, 59, tzinfo=UTC)
+    friday_1400 = datetime(2026, 11, 27, 14, 0, tzinfo=TOKYO)
+    with store.unit() as u:
+        u.signals.add(monday_1045, NOW)
+        u.signals.add(tuesday_0015, NOW)
+        u.signals.add(friday_2359, NOW)
+        u.signals.add(friday_1400, NOW)
+    with store.unit() as u:
+        monday = u.signals.between(date(2026, 11, 30), date(2026, 11, 30))
+        tuesday = u.signals.between(date(2026, 12, 1), date(2026, 12, 1))
+        friday = u.signals.between(date(2026, 11, 27), date(2026, 11, 27))
+        week = u.signals.between(date(2026, 11, 27), date(2026, 12, 1))
+        weekend = u.signals.between(date(2026, 11, 28), date(2026, 11, 29))
+    assert monday == [monday_1045]
+    assert tuesday == [tuesday_0015]
+    assert friday == [friday_1400, friday_2359]
+    assert week == [friday_1400, friday_2359, monday_1045, tuesday_0015]
+    assert weekend == []
+    assert all(s.utcoffset() == timedelta(0) for s in week)
+
+
+# -- dead letters --------------------------------------------------------------------------------
+
+
+def test_dead_letters_newest_first(store: RetryStore) -> None:
+    received = [datetime(2026, 11, 27, 8, 40, s, tzinfo=TOKYO) for s in range(3)]
+    body = '{"application": "申請-1", "raw": "\\u0000 kept as sent"}'
+    with store.unit() as u:
+        first = u.dead_letters.add("retry_pipeline.report", "not JSON", "{{{", received[0])
+        second = u.dead_letters.add("retry_pipeline.report", "x" * 2500, body, received[1])
+    with store.unit() as u:
+        third = u.dead_letters.add("retry_pipeline.confirm_outcome", "unknown", "", received[2])
+    assert first < second < third
+    with store.unit() as u:
+        newest = u.dead_letters.newest(10)
+        two = u.dead_letters.newest(2)
+    assert [d.id for d in newest] == [third, second, first]
+    assert two == newest[:2]
+    assert newest[1].task == "retry_pipeline.report"
+    assert newest[1].reason == "x" * 2000  # capped to the column
+    assert newest[1].payload == body  # the raw body, byte for byte
+    assert newest[1].received_at == received[1]
+    assert newest[2].payload == "{{{"
+    assert newest[0].task == "retry_pipeline.confirm_outcome"
+
+
+# -- storage: instants are UTC, read back aware -------------------------------------------------
 
 
 def test_instants_round_trip_as_aware_utc(store: RetryStore) -> None:
-    subject = new_subject()
     detected = datetime(2026, 11, 27, 8, 36, 12, 345678, tzinfo=TOKYO)
+    chain = new_chain(detected_at=detected)
     with store.unit() as u:
-        rec = u.record_report(report_of(subject, {SAFETY}, detected_at=detected), FIRST, detected)
+        u.chains.insert([chain], detected)
     with store.unit() as u:
-        chain = u.get_chain(rec.chain.chain_id)
-        row = u.session.get(ChainRow, rec.chain.chain_id)
-        (entry,) = u.history(application=subject.application)
-    assert chain is not None and row is not None
-    for value in (chain.detected_at, row.detected_at, row.created_at, entry.recorded_at):
+        got = u.chains.get(chain.chain_id)
+        row = u.session.get(ChainRow, chain.chain_id)
+    assert got is not None and row is not None
+    for value in (got.detected_at, row.detected_at, row.created_at):
         assert value == detected
         assert value.tzinfo is not None
         assert value.utcoffset() == timedelta(0)
     assert row.detected_at.replace(tzinfo=None) == datetime(2026, 11, 26, 23, 36, 12, 345678)
     assert row.next_slot == SLOT_0840
-    assert chain.cursor.slot.isoformat() == "2026-11-27T08:40:00+09:00"  # core reads Japan time
 
 
 def test_stored_instants_are_naive_utc_in_the_database(store: RetryStore) -> None:
-    subject = new_subject()
-    record(store, subject, {SAFETY})
+    (chain,) = inserted(store, new_chain())
     with store.engine.connect() as conn:
         stored = conn.execute(
-            text("select detected_at, next_slot from retry_chain where application = :a"),
-            {"a": subject.application},
+            text("select detected_at, next_slot from retry_chain where chain_id = :c"),
+            {"c": chain.chain_id},
         ).one()
     # SQLite hands back text, PostgreSQL a naive timestamp; both say 23:36 UTC the day before.
     assert str(stored[0]).startswith("2026-11-26 23:36:00")
@@ -856,35 +1031,11 @@ def test_stored_instants_are_naive_utc_in_the_database(store: RetryStore) -> Non
 
 
 def test_naive_instants_are_refused(store: RetryStore) -> None:
-    subject = new_subject()
-    naive = Report(subject, frozenset({SAFETY}), frozenset(), datetime(2026, 11, 27, 8, 36))
+    chain = new_chain(detected_at=datetime(2026, 11, 27, 8, 36))
     with pytest.raises(StatementError, match="naive datetime"), store.unit() as u:
-        u.record_report(naive, FIRST, NOW)
-    with store.unit() as u:
-        assert u.find_chain(subject.application) is None
-
-
-def test_log_immediate_writes_history_without_a_record(store: RetryStore) -> None:
-    """R1/R3: a report decided at once leaves history but no live record."""
-    subject = new_subject()
-    chain_id = uuid.uuid4().hex
-    with store.unit() as u:
-        u.log_immediate(
-            chain_id,
-            subject,
-            "auto_corrected",
-            frozenset({SAFETY}),
-            DETECTED,
-            "R3: safety found present earlier and missing now",
-            NOW,
-        )
-    with store.unit() as u:
-        assert count_live(u.session) == 0
-        (entry,) = u.history(application=subject.application)
-        rows = u.session.scalars(select(HistoryRow).where(HistoryRow.chain_id == chain_id)).all()
-    assert entry.chain_id == chain_id
-    assert entry.event == "auto_corrected"
-    assert entry.slot == DETECTED
-    assert entry.missing == ("safety",)
-    assert len(rows) == 1
-    assert rows[0].office == subject.office
+        u.chains.insert([chain], NOW)
+    with pytest.raises(StatementError, match="naive datetime"), store.unit() as u:
+        u.signals.add(datetime(2026, 11, 27, 9, 0, tzinfo=TOKYO), datetime(2026, 11, 27, 9, 0))
+        u.session.flush()
+    assert count(store, ChainRow) == 0
+    assert count(store, HistoryRow) == 0
