@@ -9,9 +9,17 @@ from typing import Any
 
 import click
 
-from retry_pipeline.calendar import BusinessCalendar, format_instant, parse_instant
+from retry_pipeline.calendar import (
+    LANGUAGES,
+    BusinessCalendar,
+    Language,
+    check_day,
+    format_instant,
+    parse_instant,
+    to_local,
+)
 from retry_pipeline.config import Settings
-from retry_pipeline.errors import ConfigError, InvalidInstant
+from retry_pipeline.errors import CalendarError, ConfigError, InvalidInstant
 from retry_pipeline.policy import plan_attempts
 
 USAGE_ERROR = 2
@@ -29,6 +37,12 @@ class Instant(click.ParamType):  # type: ignore[type-arg]
             return parse_instant(str(value))
         except InvalidInstant as exc:
             self.fail(str(exc), param, ctx)
+
+
+class BadInput(click.ClickException):
+    """Input the command cannot use: one ``Error:`` line, exit 2."""
+
+    exit_code = USAGE_ERROR
 
 
 def load_settings() -> Settings:
@@ -71,7 +85,10 @@ def main() -> None:
 def plan(detected_at: datetime, close_signals: tuple[datetime, ...]) -> None:
     """Print the attempts a chain would make if the certificate never arrives (R6–R13)."""
     calendar = BusinessCalendar(load_settings())
-    result = plan_attempts(detected_at, calendar, close_signals)
+    try:
+        result = plan_attempts(detected_at, calendar, close_signals)
+    except CalendarError as exc:
+        raise BadInput(str(exc)) from None
     click.echo(
         json.dumps(
             {
@@ -95,13 +112,28 @@ def plan(detected_at: datetime, close_signals: tuple[datetime, ...]) -> None:
 )
 @click.option("--days", required=True, type=click.IntRange(1, 3660), help="How many days.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def calendar_cmd(start: datetime, days: int, as_json: bool) -> None:
+@click.option(
+    "--lang",
+    "language",
+    type=click.Choice(LANGUAGES),
+    default="ja",
+    show_default=True,
+    help="Language of holiday names and closure reasons.",
+)
+def calendar_cmd(start: datetime, days: int, as_json: bool, language: Language) -> None:
     """List business days, and why the others are closed."""
     calendar = BusinessCalendar(load_settings())
     first: date = start.date()
+    try:
+        check_day(first)
+        check_day(first + timedelta(days=days - 1))
+    except CalendarError as exc:
+        raise BadInput(str(exc)) from None
+    except OverflowError:
+        raise BadInput(f"--days {days} from {first.isoformat()} runs past year 9999") from None
     for offset in range(days):
         day = first + timedelta(days=offset)
-        reason = calendar.closure_reason(day)
+        reason = calendar.closure_reason(day, language)
         if as_json:
             click.echo(
                 json.dumps(
@@ -110,7 +142,8 @@ def calendar_cmd(start: datetime, days: int, as_json: bool) -> None:
                         "weekday": day.strftime("%a"),
                         "business_day": reason is None,
                         "reason": reason,
-                    }
+                    },
+                    ensure_ascii=False,
                 )
             )
         else:
@@ -127,10 +160,15 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def upgrade(revision: str) -> None:
     """Create or migrate the retry table, history, outbox and Kei-MOTAS tables."""
+    from alembic.util.exc import CommandError
+
     from retry_pipeline.adapters.migrate import upgrade as run_upgrade
 
     settings = load_settings()
-    run_upgrade(settings.database_url, revision)
+    try:
+        run_upgrade(settings.database_url, revision)
+    except CommandError as exc:
+        raise BadInput(f"--revision {revision!r}: {exc}") from None
     click.echo(f"database at {revision}", err=True)
 
 
@@ -282,6 +320,12 @@ def close(at: datetime | None) -> None:
     store = _store()
     clock = clock_from(settings.clock_file)
     now = clock.now()
+    today = to_local(now).date()
+    if at is not None and to_local(at).date() != today:
+        raise BadInput(
+            f"--at {format_instant(at)} is not on today's Japan date ({today.isoformat()}): "
+            "a close signal names an instant on the day it is sent (R10)"
+        )
     with store.unit() as u:
         u.add_close_signal(at or now, now)
     parked = park_closed(store, BusinessCalendar(settings), now)
@@ -332,7 +376,7 @@ def _post_holiday_json(applications: int, seed: int, day: datetime | None) -> st
 
     try:
         data = post_holiday_scenario(applications, seed, day.date() if day else DEFAULT_DAY)
-    except ValueError as exc:
+    except (ValueError, OverflowError, CalendarError) as exc:
         raise click.BadParameter(str(exc), param_hint="--date") from None
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 

@@ -16,7 +16,7 @@ from celery import Celery
 from celery.signals import worker_process_init
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from retry_pipeline.calendar import BusinessCalendar, parse_instant
+from retry_pipeline.calendar import BusinessCalendar, parse_instant, to_local
 from retry_pipeline.config import Settings
 from retry_pipeline.errors import InvalidInstant, InvalidReport
 from retry_pipeline.messages import parse_report
@@ -179,7 +179,13 @@ def close(at: str | None = None) -> int:
     when = None
     if at is not None:
         try:
-            when = parse_instant(at)
+            when = parse_instant(str(at))
+            today = to_local(service().clock.now()).date()
+            if when.date() != today:
+                raise InvalidInstant(
+                    f"{when.isoformat()} is not on today's Japan date ({today.isoformat()}): "
+                    "a close signal names an instant on the day it is sent (R10)"
+                )
         except InvalidInstant as exc:
             _dead_letter("retry_pipeline.close", str(exc), {"at": at})
             return 0
