@@ -18,6 +18,7 @@ from retry_pipeline.calendar import (
     parse_instant,
     to_local,
 )
+from retry_pipeline.cli_checks import check_ident, check_scenario_dates
 from retry_pipeline.config import Settings
 from retry_pipeline.errors import CalendarError, ConfigError, InvalidInstant
 from retry_pipeline.policy import plan_attempts
@@ -160,14 +161,17 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def upgrade(revision: str) -> None:
     """Create or migrate the retry table, history, outbox and Kei-MOTAS tables."""
+    from alembic.script.revision import RevisionError
     from alembic.util.exc import CommandError
 
     from retry_pipeline.adapters.migrate import upgrade as run_upgrade
 
     settings = load_settings()
+    if not revision.strip():
+        raise BadInput("--revision must not be empty (e.g. head)")
     try:
         run_upgrade(settings.database_url, revision)
-    except CommandError as exc:
+    except (CommandError, RevisionError) as exc:
         raise BadInput(f"--revision {revision!r}: {exc}") from None
     click.echo(f"database at {revision}", err=True)
 
@@ -225,6 +229,7 @@ def simulate(
 
     try:
         scenario = load_scenario(scenario_file)
+        check_scenario_dates(scenario)
         fault_names = parse_faults(faults)
     except (ScenarioError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
@@ -273,6 +278,7 @@ def fault_matrix(
 
     try:
         scenario = load_scenario(scenario_file)
+        check_scenario_dates(scenario)
         names = parse_faults(faults) or FAULTS
         seed_list = [int(x) for x in seeds.split(",") if x.strip()]
     except (ScenarioError, ValueError) as exc:
@@ -297,6 +303,12 @@ def status(office: str, application: str | None, as_json: bool) -> None:
     """R15: the applications of one office in retry, and their history."""
     from retry_pipeline.views import office_view, render_office_view
 
+    try:
+        check_ident("--office", office)
+        if application is not None:
+            check_ident("--application", application)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     store = _store()
     view = office_view(store, BusinessCalendar(load_settings()), office, application)
     if application is not None and not view["applications"] and not view["ended"]:
