@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import date, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import click
 
 from retry_pipeline.calendar import (
-    LANGUAGES,
     BusinessCalendar,
-    Language,
-    check_day,
     format_instant,
     parse_instant,
     to_local,
 )
-from retry_pipeline.cli_checks import check_ident, check_scenario_dates
-from retry_pipeline.config import Settings
-from retry_pipeline.errors import CalendarError, ConfigError, InvalidInstant
+from retry_pipeline.cli_checks import BadInput, check_ident, check_scenario_dates, load_settings
+from retry_pipeline.errors import CalendarError, InvalidInstant
 from retry_pipeline.policy import plan_attempts
 
 USAGE_ERROR = 2
@@ -38,20 +34,6 @@ class Instant(click.ParamType):  # type: ignore[type-arg]
             return parse_instant(str(value))
         except InvalidInstant as exc:
             self.fail(str(exc), param, ctx)
-
-
-class BadInput(click.ClickException):
-    """Input the command cannot use: one ``Error:`` line, exit 2."""
-
-    exit_code = USAGE_ERROR
-
-
-def load_settings() -> Settings:
-    """Settings from the environment, or a clear usage error."""
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
 
 
 _TIME_SCALE = click.option(
@@ -101,55 +83,6 @@ def plan(detected_at: datetime, close_signals: tuple[datetime, ...]) -> None:
             ensure_ascii=False,
         )
     )
-
-
-@main.command(name="calendar")
-@click.option(
-    "--from",
-    "start",
-    required=True,
-    type=click.DateTime(formats=["%Y-%m-%d"]),
-    help="First day (YYYY-MM-DD).",
-)
-@click.option("--days", required=True, type=click.IntRange(1, 3660), help="How many days.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option(
-    "--lang",
-    "language",
-    type=click.Choice(LANGUAGES),
-    default="ja",
-    show_default=True,
-    help="Language of holiday names and closure reasons.",
-)
-def calendar_cmd(start: datetime, days: int, as_json: bool, language: Language) -> None:
-    """List business days, and why the others are closed."""
-    calendar = BusinessCalendar(load_settings())
-    first: date = start.date()
-    try:
-        check_day(first)
-        check_day(first + timedelta(days=days - 1))
-    except CalendarError as exc:
-        raise BadInput(str(exc)) from None
-    except OverflowError:
-        raise BadInput(f"--days {days} from {first.isoformat()} runs past year 9999") from None
-    for offset in range(days):
-        day = first + timedelta(days=offset)
-        reason = calendar.closure_reason(day, language)
-        if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "date": day.isoformat(),
-                        "weekday": day.strftime("%a"),
-                        "business_day": reason is None,
-                        "reason": reason,
-                    },
-                    ensure_ascii=False,
-                )
-            )
-        else:
-            status = "business day" if reason is None else f"closed ({reason})"
-            click.echo(f"{day.isoformat()} {day.strftime('%a')}  {status}")
 
 
 @main.group()
@@ -481,6 +414,10 @@ def demo(
     click.echo(f"report: {report_path}  scenario: {scenario_path}")
     click.echo(f"wall time {time.monotonic() - started:.0f} s at x{time_scale:g}")
 
+
+from retry_pipeline.cli_calendar import calendar_cmd  # noqa: E402
+
+main.add_command(calendar_cmd)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -5,11 +5,28 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import TYPE_CHECKING
 
+import click
+
 from retry_pipeline.calendar import check_day, parse_instant
-from retry_pipeline.errors import CalendarError, InvalidInstant
+from retry_pipeline.config import Settings
+from retry_pipeline.errors import CalendarError, ConfigError, InvalidInstant
 
 if TYPE_CHECKING:
     from retry_pipeline.sim.scenario import Scenario
+
+
+class BadInput(click.ClickException):
+    """Input the command cannot use: one ``Error:`` line, exit 2."""
+
+    exit_code = 2  # a usage error
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or a clear usage error."""
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def check_scenario_dates(scenario: Scenario) -> None:
