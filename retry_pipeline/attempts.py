@@ -12,18 +12,15 @@ from retry_pipeline.policy import advance_chain
 
 
 def kinds_to_check(chain: Chain) -> frozenset[CertificateKind]:
-    """Still missing, found at earlier attempts (R3), and the insurance a safety certificate names.
+    """R3/R8: the whole set the pre-review needs, checked again at every attempt.
 
-    For continuous inspection the insurance certificate is looked up through the
-    safety certificate (R1.2), so the pre-review could not check it while the
-    safety certificate was missing: check it too, unless it was confirmed.
+    The still-missing certificates, the ones found by earlier attempts and the
+    report's ``confirmed`` ones (a confirmed or found one missing now is R3). For
+    continuous inspection the insurance certificate is looked up through the
+    safety certificate (R1.2), so it is checked whenever the safety one is.
     """
-    kinds = chain.missing | chain.found
-    if (
-        chain.subject.procedure is Procedure.CONTINUOUS
-        and CertificateKind.SAFETY in kinds
-        and CertificateKind.INSURANCE not in chain.confirmed
-    ):
+    kinds = chain.missing | chain.found | chain.confirmed
+    if chain.subject.procedure is Procedure.CONTINUOUS and CertificateKind.SAFETY in kinds:
         kinds |= {CertificateKind.INSURANCE}
     return kinds
 
@@ -39,20 +36,29 @@ class Verdict:
 
 
 def judge_attempt(chain: Chain, present: frozenset[CertificateKind]) -> Verdict:
-    """R3 first (found earlier, missing now), then R8 (all present: resume)."""
+    """R3 first (found present before, missing now), then R8 (all present: resume).
+
+    ``present`` answers for ``kinds_to_check(chain)``. When the safety certificate
+    of a continuous inspection is absent, the insurance certificate cannot be
+    looked up by the key written on it: it is unknown, not missing, so R3 names
+    the safety certificate alone.
+    """
     checked = kinds_to_check(chain)
-    lost = chain.found - present
+    absent = checked - present
+    unknown: frozenset[CertificateKind] = frozenset()
+    if chain.subject.procedure is Procedure.CONTINUOUS and CertificateKind.SAFETY in absent:
+        unknown = frozenset({CertificateKind.INSURANCE})
+    lost = (absent - unknown) & (chain.found | chain.confirmed)
     if lost:
         return Verdict(
             Outcome.AUTO_CORRECTED,
             lost,
-            chain.found & present,
-            f"R3: {', '.join(sorted_kinds(lost))} found at an earlier attempt, missing now",
+            checked & present,
+            f"R3: {', '.join(sorted_kinds(lost))} found present earlier, missing now",
         )
-    still = checked - present
-    if CertificateKind.SAFETY in still and CertificateKind.INSURANCE not in chain.missing:
-        # Its key is on the missing safety certificate: unknown, not missing.
-        still -= {CertificateKind.INSURANCE}
+    still = absent
+    if unknown and CertificateKind.INSURANCE not in chain.missing:
+        still -= unknown  # not reported missing: its key is on the missing safety certificate
     if not still:
         return Verdict(Outcome.RESUMED, frozenset(), checked, "R8: every certificate present")
     return Verdict(None, still, checked & present, "still missing")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from functools import cached_property
+from datetime import date, datetime, timedelta, timezone
+from functools import cache
+from typing import Any, Literal
 
 import holidays
 import pendulum
@@ -19,7 +20,39 @@ from retry_pipeline.config import TIMEZONE, Settings
 from retry_pipeline.errors import CalendarError, InvalidInstant
 
 TZ = pendulum.timezone(TIMEZONE)
+JAPAN_OFFSET = timezone(timedelta(hours=9))  # Asia/Tokyo since 1888, no daylight saving
 HORIZON_DAYS = 400  # longest search for a working day; more means a broken calendar
+# The years whose national holidays the library knows; outside them every weekday
+# would look like a business day, so the calendar refuses those dates.
+_JAPAN = holidays.country_holidays("JP")
+FIRST_YEAR: int = _JAPAN.start_year
+LAST_YEAR: int = _JAPAN.end_year
+RANGE_TEXT = f"{FIRST_YEAR}-01-01..{LAST_YEAR}-12-31 Japan time"
+
+Language = Literal["ja", "en"]
+LANGUAGES: tuple[Language, ...] = ("ja", "en")
+_HOLIDAY_LANGUAGE = {"ja": "ja", "en": "en_US"}
+_REASONS: dict[str, dict[Language, str]] = {
+    "weekend": {"en": "weekend", "ja": "週末"},
+    "holiday": {"en": "national holiday: {name}", "ja": "祝日: {name}"},
+    "year_end": {"en": "year-end closure", "ja": "年末年始の閉庁"},
+    "configured": {"en": "configured closure", "ja": "設定された閉庁日"},
+}
+
+
+@cache
+def _national_holidays(language: Language) -> Any:
+    """Japanese national holidays (substitute and citizens' holidays included), named."""
+    return holidays.country_holidays("JP", language=_HOLIDAY_LANGUAGE[language])
+
+
+def check_day(day: date) -> None:
+    """Refuse a day outside the years the calendar knows (CalendarError)."""
+    if not FIRST_YEAR <= day.year <= LAST_YEAR:
+        raise CalendarError(
+            f"{day.isoformat()} is outside the calendar ({RANGE_TEXT}: "
+            "the years whose national holidays are known)"
+        )
 
 
 def to_local(instant: datetime) -> pendulum.DateTime:
@@ -30,14 +63,30 @@ def to_local(instant: datetime) -> pendulum.DateTime:
 
 
 def parse_instant(text: str) -> pendulum.DateTime:
-    """Parse ISO 8601 with an offset (``Z`` accepted) into Japan time."""
+    """Parse ISO 8601 with an offset (``Z`` accepted) into Japan time.
+
+    Only instants the calendar can handle: their Japan date in FIRST_YEAR..LAST_YEAR.
+    """
     try:
         parsed = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise InvalidInstant(f"{text!r} is not an ISO 8601 date-time") from None
+        raise InvalidInstant(
+            f"{text!r} is not an ISO 8601 date-time; write e.g. 2026-11-27T08:36:00+09:00"
+        ) from None
+    if parsed.tzinfo is None and FIRST_YEAR <= parsed.year <= LAST_YEAR:
+        example = parsed.replace(tzinfo=JAPAN_OFFSET).isoformat()
+        what = "no time and no UTC offset" if len(text.strip()) <= 10 else "no UTC offset"
+        raise InvalidInstant(f"{text!r} has {what}; write e.g. {example}")
     if parsed.tzinfo is None:
-        raise InvalidInstant(f"{text!r} has no UTC offset; write e.g. {text.strip()}+09:00")
-    return to_local(parsed)
+        raise InvalidInstant(
+            f"{text!r} has no UTC offset and is outside the calendar ({RANGE_TEXT})"
+        )
+    try:
+        local = to_local(parsed)
+        check_day(local.date())
+    except (OverflowError, ValueError, CalendarError):
+        raise InvalidInstant(f"{text!r} is outside the calendar ({RANGE_TEXT})") from None
+    return local
 
 
 def format_instant(instant: datetime) -> str:
@@ -51,21 +100,19 @@ class BusinessCalendar:
 
     settings: Settings
 
-    @cached_property
-    def _holidays(self) -> holidays.HolidayBase:
-        return holidays.country_holidays("JP", language="en_US")
-
-    def closure_reason(self, day: date) -> str | None:
-        """Why ``day`` is not a business day, or None when it is one."""
+    def closure_reason(self, day: date, language: Language = "en") -> str | None:
+        """Why ``day`` is not a business day, or None when it is one (CalendarError
+        outside the years the calendar knows)."""
+        check_day(day)
         if day.weekday() >= 5:
-            return "weekend"
-        name = self._holidays.get(day)
+            return _REASONS["weekend"][language]
+        name = _national_holidays(language).get(day)
         if name:
-            return f"national holiday: {name}"
+            return _REASONS["holiday"][language].format(name=name)
         if (day.month == 12 and day.day >= 29) or (day.month == 1 and day.day <= 3):
-            return "year-end closure"
+            return _REASONS["year_end"][language]
         if day in self.settings.extra_closures:
-            return "configured closure"
+            return _REASONS["configured"][language]
         return None
 
     def is_business_day(self, day: date) -> bool:

@@ -16,7 +16,8 @@ from pydantic import (
     model_validator,
 )
 
-from retry_pipeline.errors import InvalidReport
+from retry_pipeline.calendar import parse_instant
+from retry_pipeline.errors import InvalidInstant, InvalidReport
 from retry_pipeline.model import Application, CertificateKind, Procedure, Report
 
 MAX_PAYLOAD_BYTES = 16_384  # a report is a few hundred bytes; more is not a report
@@ -55,6 +56,16 @@ class ReportMessage(BaseModel):
             raise ValueError(
                 "must be ISO 8601 text with a UTC offset, e.g. 2026-11-27T08:36:00+09:00"
             )
+        return value
+
+    @field_validator("detected_at", mode="after")
+    @classmethod
+    def _in_calendar(cls, value: AwareDatetime) -> AwareDatetime:
+        # Only instants the business calendar can handle (its years, Japan time).
+        try:
+            parse_instant(value.isoformat())
+        except InvalidInstant as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @model_validator(mode="after")

@@ -165,4 +165,8 @@ def close(at: str | None = None) -> int:
         when = _slot_of(names.CLOSE, at, {"at": at})
         if when is None:
             return 0
-    return service().record_close(when)
+    try:
+        return service().record_close(when)
+    except InvalidInstant as exc:  # R10: not on today's Japan date
+        _refuse(names.CLOSE, str(exc), {"at": at})
+        return 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from retry_pipeline.calendar import to_local
+from retry_pipeline.calendar import format_instant, to_local
+from retry_pipeline.errors import InvalidInstant
 from retry_pipeline.service.context import Deps, close_signals
 from retry_pipeline.service.slots import reschedule
 
@@ -23,8 +24,17 @@ def park_if_closed(deps: Deps, now: datetime) -> int:
 
 
 def record_close(deps: Deps, at: datetime | None = None) -> int:
-    """R10: an explicit close signal (default now); parks at once when already due."""
+    """R10: an explicit close signal (default now); parks at once when already due.
+
+    A signal names an instant on the day it is sent, never another day (InvalidInstant).
+    """
     now = deps.clock.now()
+    today = to_local(now).date()
+    if at is not None and to_local(at).date() != today:
+        raise InvalidInstant(
+            f"{format_instant(at)} is not on today's Japan date ({today.isoformat()}): "
+            "a close signal names an instant on the day it is sent (R10)"
+        )
     with deps.store.unit() as u:
         u.signals.add(at or now, now)
     return park_if_closed(deps, now)

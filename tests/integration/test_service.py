@@ -9,7 +9,7 @@ a database in ``tests/unit/test_service_fakes.py``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine
@@ -408,7 +408,11 @@ def test_continuous_insurance_named_by_the_found_safety_certificate_is_checked(
     assert outcome.missing == ()
 
 
-def test_continuous_insurance_reported_as_confirmed_is_not_checked_again(p: Harness) -> None:
+def test_r3_confirmed_insurance_is_checked_again_once_its_safety_certificate_is_found(
+    p: Harness,
+) -> None:
+    # The report confirms the insurance; the safety certificate found at 08:45 names
+    # an insurance certificate Kei-MOTAS does not hold: found before, missing now (R3).
     subject = continuous()
     p.insert(safety_for(subject, datetime(2026, 11, 27, 8, 45, tzinfo=TOKYO), insurance_no="X"))
     p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
@@ -423,8 +427,108 @@ def test_continuous_insurance_reported_as_confirmed_is_not_checked_again(p: Harn
             datetime(2026, 11, 27, 8, 50, tzinfo=TOKYO),
         ],
     )
+    assert results == ["next", "auto_corrected"]
+    outcome = one_outcome(p)
+    assert outcome.decided_at == datetime(2026, 11, 27, 8, 50, tzinfo=TOKYO)
+    assert outcome.missing == ("insurance",)
+
+
+def test_continuous_confirmed_insurance_present_resumes_when_safety_arrives(p: Harness) -> None:
+    subject = continuous()
+    number = uid("NO")
+    p.insert(
+        safety_for(subject, datetime(2026, 11, 27, 8, 45, tzinfo=TOKYO), insurance_no=number),
+        insurance("INS-1", number, datetime(2026, 11, 27, 8, 0, tzinfo=TOKYO)),
+    )
+    p.at(datetime(2026, 11, 27, 8, 36, 5, tzinfo=TOKYO))
+    accepted = p.pipeline.accept_report(
+        report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO), {INSURANCE})
+    )
+    results = p.walk(
+        accepted.chain_id,
+        subject.application,
+        [
+            datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO),
+            datetime(2026, 11, 27, 8, 50, tzinfo=TOKYO),
+        ],
+    )
     assert results == ["next", "resumed"]
     assert one_outcome(p).decided_at == datetime(2026, 11, 27, 8, 50, tzinfo=TOKYO)
+
+
+def test_r3_confirmed_safety_deleted_during_the_chain_auto_corrects_naming_it(
+    p: Harness,
+) -> None:
+    # The example: missing insurance, confirmed safety, detected Mon 10:14; the
+    # safety certificate is deleted at 10:33 and the insurance never arrives.
+    subject = continuous()
+    p.insert(
+        safety_for(
+            subject,
+            datetime(2026, 11, 27, 9, 0, tzinfo=TOKYO),
+            insurance_no=uid("NO"),
+            deleted_at=datetime(2026, 11, 30, 10, 33, tzinfo=TOKYO),
+        )
+    )
+    p.at(datetime(2026, 11, 30, 10, 14, 5, tzinfo=TOKYO))
+    accepted = p.pipeline.accept_report(
+        report(subject, {INSURANCE}, datetime(2026, 11, 30, 10, 14, tzinfo=TOKYO), {SAFETY})
+    )
+    assert accepted.retry
+    results = p.walk(
+        accepted.chain_id,
+        subject.application,
+        [
+            datetime(2026, 11, 30, 10, 20, tzinfo=TOKYO),
+            datetime(2026, 11, 30, 10, 30, tzinfo=TOKYO),
+            datetime(2026, 11, 30, 10, 40, tzinfo=TOKYO),
+        ],
+    )
+    assert results == ["next", "next", "auto_corrected"]
+    outcome = one_outcome(p)
+    assert outcome.outcome is Outcome.AUTO_CORRECTED
+    assert outcome.decided_at == datetime(2026, 11, 30, 10, 40, tzinfo=TOKYO)
+    assert outcome.missing == ("safety",)
+    assert p.attempt_slots(subject.application) == [
+        datetime(2026, 11, 30, 10, 20, tzinfo=TOKYO),
+        datetime(2026, 11, 30, 10, 30, tzinfo=TOKYO),
+        datetime(2026, 11, 30, 10, 40, tzinfo=TOKYO),
+    ]
+    assert p.chain(subject.application) is None
+
+
+def test_r3_confirmed_safety_deleted_found_by_the_slot_batch(p: Harness) -> None:
+    # The same through run_slot (present_many): one batch, two applications; only the
+    # one whose confirmed safety certificate vanished is decided at 10:40.
+    gone, kept = continuous(), continuous()
+    for subject, deleted in ((gone, datetime(2026, 11, 30, 10, 33, tzinfo=TOKYO)), (kept, None)):
+        p.insert(
+            safety_for(
+                subject,
+                datetime(2026, 11, 27, 9, 0, tzinfo=TOKYO),
+                insurance_no=uid("NO"),
+                deleted_at=deleted,
+            )
+        )
+    p.at(datetime(2026, 11, 30, 10, 14, 5, tzinfo=TOKYO))
+    for subject in (gone, kept):
+        p.pipeline.accept_report(
+            report(subject, {INSURANCE}, datetime(2026, 11, 30, 10, 14, tzinfo=TOKYO), {SAFETY})
+        )
+    decided = []
+    for minute in (20, 30, 40):
+        slot = datetime(2026, 11, 30, 10, minute, tzinfo=TOKYO)
+        p.at(slot + timedelta(seconds=2))
+        counts = p.pipeline.run_slot(slot)
+        decided.append((counts["next"], counts[Outcome.AUTO_CORRECTED.value]))
+    assert decided == [(2, 0), (2, 0), (1, 1)]
+    outcome = one_outcome(p)
+    assert (outcome.application, outcome.decided_at, outcome.missing) == (
+        gone.application,
+        slot,
+        ("safety",),
+    )
+    assert p.live(kept.application).missing == {INSURANCE}
 
 
 # -- slot messages are idempotent (DESIGN 3) -------------------------------------------------

@@ -23,7 +23,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("attempts", "intake", "messages"),
     ("ports",),
     ("service", "views"),
-    ("adapters", "schedules", "client"),
+    ("adapters", "migrations", "schedules", "client"),
     ("bootstrap",),
     ("worker", "tasks"),
     ("cli", "web", "ops"),
@@ -35,6 +35,8 @@ INFRASTRUCTURE = ("celery", "kombu", "sqlalchemy", "redis", "alembic", "psycopg"
 def floor_of(module: str) -> int:
     """The floor of ``retry_pipeline.<module>`` (its first component decides)."""
     top = module.split(".")[0]
+    if top.startswith("cli_"):
+        top = "cli"  # the command line's modules (cli_calendar.py, ...)
     for index, names in enumerate(FLOORS):
         if top in names:
             return index
