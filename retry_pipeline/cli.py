@@ -130,13 +130,14 @@ def status(office: str, application: str | None, as_json: bool) -> None:
 )
 def close(at: datetime | None) -> None:
     """R10: an explicit OSS close signal; parks every live chain once it has come."""
-    from retry_pipeline.tasks import service
+    from retry_pipeline.bootstrap import bootstrap
+    from retry_pipeline.tasks import app
 
-    pipeline = service()
+    pipeline = bootstrap(load_settings(), app)  # this command's settings, not a cached pipeline
     try:
         parked = pipeline.record_close(at)
     except InvalidInstant as exc:
-        raise BadInput(str(exc)) from None
+        raise BadInput(f"--at {exc}") from None
     when = format_instant(at or pipeline.clock.now())
     click.echo(json.dumps({"close_at": when, "parked": parked}))
 
