@@ -428,3 +428,9 @@ def demo(
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+from retry_pipeline.web.cli import user_group, web  # noqa: E402  (the office console)
+
+main.add_command(user_group)
+main.add_command(web)
