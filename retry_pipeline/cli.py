@@ -259,13 +259,15 @@ def status(office: str, application: str | None, as_json: bool) -> None:
     """R15: the applications of one office in retry, and their history."""
     from retry_pipeline.views import office_view, render_office_view
 
-    store = _store()
-    view = office_view(store, BusinessCalendar(load_settings()), office, application)
+    store, settings = _store(), load_settings()
+    view = office_view(store, BusinessCalendar(settings), office, application)
     if application is not None and not view["applications"] and not view["ended"]:
         click.echo(f"application {application} has no retry record at office {office}", err=True)
         sys.exit(1)
     click.echo(
-        json.dumps(view, ensure_ascii=False, indent=2) if as_json else render_office_view(view)
+        json.dumps(view, ensure_ascii=False, indent=2)
+        if as_json
+        else render_office_view(view, settings.attempts_per_chain)
     )
 
 

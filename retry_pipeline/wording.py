@@ -59,7 +59,7 @@ def attempts_text(made: int, allowed: int) -> str:
 def next_check_text(phase: str, slot: datetime, now: datetime | None = None) -> str:
     """次回確認 09:40, or the parked wording; the date is added when it is not today."""
     if phase == "next_day":
-        return f"{PARKED} {date_text(slot)}"
+        return f"{PARKED}　次回確認 {datetime_text(slot)}"
     same_day = now is not None and to_local(now).date() == to_local(slot).date()
     when = time_text(slot) if same_day else datetime_text(slot)
     return f"次回確認 {when}"
