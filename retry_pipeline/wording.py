@@ -78,7 +78,9 @@ def event_text(event: str, attempt_no: int | None, missing: list[str], detail: s
     """One history line for staff."""
     kinds = kinds_text(missing)
     if event == "reported":
-        return f"エラー検知：{kinds} が{NOT_LINKED}"
+        text = f"エラー検知：{kinds} が{NOT_LINKED}"
+        # Detected too close to the OSS close for a same-day attempt: parked at once.
+        return f"{text}（{PARKED}）" if detail.startswith("parked") else text
     if event == "merged":
         return f"追加のエラー検知：{kinds}"
     if event == "attempt":
