@@ -92,6 +92,7 @@ def configure(level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     if json_enabled():
+        logging.captureWarnings(True)
         use_json(root)
         for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
             logging.getLogger(name).handlers.clear()
@@ -124,6 +125,9 @@ def connect_celery() -> None:
     def _setup(logger: logging.Logger, **_: Any) -> None:
         if json_enabled():
             use_json(logger)
+
+    if json_enabled():
+        logging.captureWarnings(True)  # Python warnings become JSON lines too
 
     def _prerun(args: Any = None, kwargs: Any = None, **_: Any) -> None:
         set_context(**task_fields(args or (), kwargs or {}))
