@@ -29,6 +29,7 @@ from retry_pipeline.web.users import (
     clear_failures,
     end_sessions,
     record_failure,
+    upgrade_hash,
     wait_before_login,
 )
 
@@ -111,12 +112,14 @@ def create_app(console: Console) -> FastAPI:
                               error=error)  # fmt: skip
             response.headers["Retry-After"] = str(seconds)
             return response
+        with console.reading() as session:
+            user = authenticate(session, username, password)  # the slow hash, no write lock
         with console.writing() as session:
-            user = authenticate(session, username, password)
             if user is None:
                 record_failure(session, username, address, now)
             else:
                 clear_failures(session, username, address)
+                upgrade_hash(session, user.id, password)
         if user is None:
             log.warning("failed login for %r from %s", username, address)
             error = "ユーザー名またはパスワードが違います。"

@@ -113,7 +113,11 @@ def set_password(session: Session, username: str, password: str, now: datetime) 
 
 
 def authenticate(session: Session, username: str, password: str) -> User | None:
-    """The user when the password matches (a slow hash either way), else None."""
+    """The user when the password matches (a slow hash either way), else None.
+
+    Read-only: run it outside a write transaction (SQLite would hold its write lock
+    for the whole hash); ``upgrade_hash`` rehashes afterwards when parameters changed.
+    """
     row = session.scalars(select(UserRow).where(UserRow.username == username)).first()
     try:
         _hasher.verify(row.password_hash if row is not None else _DUMMY_HASH, password)
@@ -121,9 +125,14 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
         return None
     if row is None:
         return None
-    if _hasher.check_needs_rehash(row.password_hash):
-        row.password_hash = _hasher.hash(password)
     return _user(row)
+
+
+def upgrade_hash(session: Session, user_id: int, password: str) -> None:
+    """Rehash a just-verified password when the hash parameters have changed."""
+    row = session.get(UserRow, user_id)
+    if row is not None and _hasher.check_needs_rehash(row.password_hash):
+        row.password_hash = _hasher.hash(password)
 
 
 def _keys(username: str, address: str) -> list[str]:

@@ -360,3 +360,15 @@ def test_metrics_need_no_login_and_come_from_sql(env: Env) -> None:
     finally:
         other.dispose()
     assert "retry_pipeline_dead_letters 3.0" in again
+
+
+def test_an_old_hash_is_upgraded_at_login(env: Env) -> None:
+    from argon2 import PasswordHasher
+
+    weak = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(PASSWORD)
+    with env.console.writing() as session:
+        row = session.scalars(select(UserRow).where(UserRow.username == "kobe")).one()
+        row.password_hash = weak
+    login(env.client(), "kobe")
+    (kobe,) = [u for u in env.rows(UserRow) if u.username == "kobe"]
+    assert kobe.password_hash != weak and kobe.password_hash.startswith("$argon2id$")
