@@ -372,3 +372,22 @@ def test_an_old_hash_is_upgraded_at_login(env: Env) -> None:
     login(env.client(), "kobe")
     (kobe,) = [u for u in env.rows(UserRow) if u.username == "kobe"]
     assert kobe.password_hash != weak and kobe.password_hash.startswith("$argon2id$")
+
+
+def test_every_route_but_login_and_metrics_goes_through_the_scope(env: Env) -> None:
+    from fastapi.routing import APIRoute
+
+    from retry_pipeline.web.auth import current_scope
+    from retry_pipeline.web.operator import router
+
+    def calls(dependant: object) -> set[object]:
+        found = {getattr(dependant, "call", None)}
+        for sub in getattr(dependant, "dependencies", []):
+            found |= calls(sub)
+        return found
+
+    app_routes = [r for r in create_app(env.console).routes if isinstance(r, APIRoute)]
+    routes = app_routes + [r for r in router.routes if isinstance(r, APIRoute)]
+    open_paths = {r.path for r in routes if current_scope not in calls(r.dependant)}
+    assert open_paths == {"/login", "/metrics"}
+    assert len(routes) == 13  # 8 of the app, 5 operator routes
