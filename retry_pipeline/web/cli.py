@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from retry_pipeline.adapters.db import make_engine, make_sessions
@@ -36,7 +38,23 @@ def _fail(message: str) -> None:
     sys.exit(USAGE_ERROR)
 
 
-@click.group(name="user")
+class _UserGroup(click.Group):
+    """Database errors (not migrated, unreachable) become one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DBAPIError as exc:
+            first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            click.echo(
+                f"Error: the database cannot be used ({first}); "
+                "is RETRY_PIPELINE_DATABASE_URL right and `retry-pipeline db upgrade` done?",
+                err=True,
+            )
+            sys.exit(1)
+
+
+@click.group(name="user", cls=_UserGroup)
 def user_group() -> None:
     """Console logins: office staff (one office) and operators (every office)."""
 

@@ -143,3 +143,10 @@ def test_worker_and_beat_loggers_switch_to_json(monkeypatch: pytest.MonkeyPatch)
             assert isinstance(handler.formatter, JsonFormatter)
         finally:
             logger.removeHandler(handler)
+
+
+def test_an_unmigrated_database_is_one_clear_line(tmp_path: Path) -> None:
+    env = {"RETRY_PIPELINE_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}"}
+    code, out, err = run(env, "user", "list")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "db upgrade" in err and "Traceback" not in err
