@@ -109,8 +109,8 @@ _OTHER = (
     "BEAT_MAX_INTERVAL_S",
     "VISIBILITY_TIMEOUT_S",  # read by celeryconfig.py
     "LOG_FORMAT",  # read by logs.py (json: one JSON object per line)
-    "WEB_SECRET",  # read by web/app.py (signs the console's session cookie)
-    "WEB_COOKIE_SECURE",  # read by web/app.py (1: the session cookie is Secure, behind TLS)
+    "WEB_SECRET",  # read by web/console.py (signs the console's session cookie)
+    "WEB_COOKIE_SECURE",  # read by web/console.py (1: the session cookie is Secure, behind TLS)
 )
 _KNOWN = frozenset({*_INTS, *_TEXT, *_OTHER})
 
