@@ -114,13 +114,15 @@ def status(office: str, application: str | None, as_json: bool) -> None:
             check_ident("--application", application)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    store = _store()
-    view = office_view(store, BusinessCalendar(load_settings()), office, application)
+    store, settings = _store(), load_settings()
+    view = office_view(store, BusinessCalendar(settings), office, application)
     if application is not None and not view["applications"] and not view["ended"]:
         click.echo(f"application {application} has no retry record at office {office}", err=True)
         sys.exit(1)
     click.echo(
-        json.dumps(view, ensure_ascii=False, indent=2) if as_json else render_office_view(view)
+        json.dumps(view, ensure_ascii=False, indent=2)
+        if as_json
+        else render_office_view(view, settings.attempts_per_chain)
     )
 
 
@@ -180,3 +182,9 @@ for _command in (calendar_cmd, simulate, fault_matrix, scenario_group, demo):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+from retry_pipeline.web.cli import user_group, web  # noqa: E402  (the office console)
+
+main.add_command(user_group)
+main.add_command(web)

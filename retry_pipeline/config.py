@@ -110,6 +110,9 @@ _OTHER = (
     "EXTRA_CLOSURES",
     "NEW_INSPECTION_RETRY_FROM",
     "BEAT_MAX_INTERVAL_S",
+    "LOG_FORMAT",  # read by logs.py (json: one JSON object per line)
+    "WEB_SECRET",  # read by web/console.py (signs the console's session cookie)
+    "WEB_COOKIE_SECURE",  # read by web/console.py (1: the session cookie is Secure, behind TLS)
 )
 _KNOWN = frozenset({*_INTS, *_TEXT, *_OTHER})
 

@@ -19,6 +19,7 @@ from retry_pipeline import names
 from retry_pipeline.calendar import BusinessCalendar, parse_instant
 from retry_pipeline.config import Settings
 from retry_pipeline.errors import InvalidInstant, InvalidReport
+from retry_pipeline.logs import connect_celery
 from retry_pipeline.messages import parse_report
 from retry_pipeline.schedules import GridSchedule
 from retry_pipeline.service.letters import raw_text
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 app = Celery("retry_pipeline", task_cls="retry_pipeline.worker:DeadLetterTask")
 app.config_from_object("celeryconfig")
+connect_celery()  # RETRY_PIPELINE_LOG_FORMAT=json: worker and beat log JSON lines
 
 MAX_BATCH = 500
 

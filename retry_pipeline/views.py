@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from retry_pipeline.calendar import BusinessCalendar, format_instant, to_local
-from retry_pipeline.model import PORTAL_STATUS_UNDER_REVIEW, Chain, HistoryEntry, Phase
+from retry_pipeline import wording
+from retry_pipeline.calendar import BusinessCalendar, format_instant, parse_instant
+from retry_pipeline.model import PORTAL_STATUS_UNDER_REVIEW, Chain, HistoryEntry
 from retry_pipeline.ports import Store
 
 
@@ -24,13 +25,8 @@ def _history(entries: list[HistoryEntry]) -> list[dict[str, Any]]:
 
 
 def next_attempt_text(chain: Chain, calendar: BusinessCalendar) -> str:
-    """ "08:40" style text for staff: the next slot, or where a parked chain waits."""
-    slot = to_local(chain.cursor.slot)
-    if chain.cursor.phase is Phase.NEXT_DAY:
-        return f"parked until {slot.format('HH:mm')} {slot.date().isoformat()}"
-    if chain.cursor.phase is Phase.FRESH:
-        return f"waiting for the opening {slot.format('HH:mm')} {slot.date().isoformat()}"
-    return f"{slot.format('HH:mm')} {slot.date().isoformat()}"
+    """ "次回確認 09:40" style text for staff, or where a parked chain waits (UI-WORDING)."""
+    return wording.next_check_text(chain.cursor.phase.value, chain.cursor.slot)
 
 
 def office_view(
@@ -79,19 +75,32 @@ def office_view(
     return {"office": office, "applications": live, "ended": ended}
 
 
-def render_office_view(view: dict[str, Any]) -> str:
-    """Plain text for office staff."""
-    lines = [f"Office {view['office']}: {len(view['applications'])} application(s) in retry"]
-    for a in view["applications"]:
+def render_office_view(view: dict[str, Any], attempts_allowed: int = 6) -> str:
+    """Plain Japanese text for office staff (the console's words; no rule numbers)."""
+    live = view["applications"]
+    lines = [f"事務所 {view['office']}：{wording.IN_RETRY} {len(live)} 件"]
+    for a in live:
         lines.append(
-            f"- {a['application']} ({a['procedure']}, vehicle {a['vehicle']}): missing "
-            f"{', '.join(a['missing'])}; attempts made {a['attempts_made']}; next attempt "
-            f"{a['next_attempt_text']}; portal shows {a['portal_status']}"
+            f"- {a['application']}（車台番号 {a['vehicle']}）"
+            f"{wording.kinds_text(a['missing'])} が{wording.NOT_LINKED}；"
+            f"{wording.attempts_text(a['attempts_made'], attempts_allowed)}；"
+            f"{a['next_attempt_text']}；"
+            f"申請者画面の表示「{a['portal_status']}」；"
+            f"{wording.DETECTED_AT} {wording.datetime_text(parse_instant(a['detected_at']))}"
         )
-        for h in a["history"]:
-            lines.append(f"    {h['recorded_at'][:16]} {h['event']:<14} {h['detail']}")
+        lines.extend(_history_lines(a["history"]))
     for e in view["ended"]:
-        lines.append(f"- {e['application']}: retry ended ({e['outcome']})")
-        for h in e["history"]:
-            lines.append(f"    {h['recorded_at'][:16]} {h['event']:<14} {h['detail']}")
+        last = e["history"][-1] if e["history"] else {"detail": ""}
+        ending = wording.outcome_text(e["outcome"], last["detail"])
+        lines.append(f"- {e['application']}：リトライ終了（{ending}）")
+        lines.extend(_history_lines(e["history"]))
     return "\n".join(lines)
+
+
+def _history_lines(history: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for h in history:
+        at = wording.datetime_text(parse_instant(h["recorded_at"]))
+        text = wording.event_text(h["event"], h["attempt"], h["missing"], h["detail"])
+        out.append(f"    {at} {text}")
+    return out

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     Index,
@@ -177,3 +178,33 @@ class DeadLetterRow(Base):
     reason: Mapped[str] = mapped_column(String(2000))
     payload: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # The office console (operator): replayed through the intake, or marked resolved.
+    replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    replay_result: Mapped[str | None] = mapped_column(String(500))
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    resolved_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class UserRow(Base):
+    """A console login: office staff see their office only; an operator sees every office."""
+
+    __tablename__ = "console_user"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    office: Mapped[str] = mapped_column(String(32))
+    is_operator: Mapped[bool] = mapped_column(Boolean, default=False)
+    password_hash: Mapped[str] = mapped_column(String(255))  # argon2id, never the password
+    session_version: Mapped[int] = mapped_column(Integer, default=1)  # bumped by passwd
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LoginFailureRow(Base):
+    """Recent failed logins per user name or per address (``user:NAME``, ``addr:IP``)."""
+
+    __tablename__ = "console_login_failure"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,1 @@
+"""The office console: a web page per office behind a login, operator pages, metrics."""
