@@ -25,6 +25,7 @@ import redis
 from celery import Celery
 from sqlalchemy import func, insert, select
 
+from retry_pipeline import names
 from retry_pipeline.adapters.db import make_engine
 from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.adapters.orm import ChainRow, HistoryRow
@@ -195,9 +196,7 @@ class Bench:
         mark = datetime.now(UTC)
         FileClock.write(self.clock_file, slot, 1.0)  # the slot is now
         start = time.monotonic()
-        self.client.send_task(
-            "retry_pipeline.attempt_slot", kwargs={"slot": slot.isoformat()}, queue=QUEUE
-        )
+        self.client.send_task(names.ATTEMPT_SLOT, kwargs={"slot": slot.isoformat()}, queue=QUEUE)
         if phase is Phase.NEXT_DAY:
             elapsed = self.wait(lambda: self.live() == 0)
         else:

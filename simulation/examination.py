@@ -18,6 +18,7 @@ from sqlalchemy import JSON, Engine, Integer, String, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from retry_pipeline import names
 from retry_pipeline.adapters.db import make_engine
 from retry_pipeline.config import PREFIX
 
@@ -28,7 +29,7 @@ def _make_app() -> Celery:
     """The examination side's own app: same broker and delivery settings as the pipeline."""
     exam = Celery("simulation-examination", set_as_current=False)
     exam.conf.update(
-        broker_url=_env(f"{PREFIX}BROKER_URL", "redis://127.0.0.1:6379/0"),
+        broker_url=_env(f"{PREFIX}BROKER_URL", names.DEFAULT_BROKER_URL),
         task_serializer="json",
         result_serializer="json",
         event_serializer="json",
@@ -120,19 +121,19 @@ def _receive(task: str, body: dict[str, Any]) -> None:
     record(_engine(), task, body)
     # The contract: acknowledge by key, so the pipeline stops re-sending.
     app.send_task(
-        "retry_pipeline.confirm_outcome",
+        names.CONFIRM_OUTCOME,
         args=[body["idempotency_key"]],
         queue=_env(f"{PREFIX}QUEUE", "retry_pipeline"),
     )
 
 
-@app.task(name="examination.resume_pre_review")
+@app.task(name=names.DEFAULT_RESUME_TASK)
 def resume_pre_review(**body: Any) -> None:
     """Stand-in: pre-review runs again from the start."""
-    _receive("examination.resume_pre_review", body)
+    _receive(names.DEFAULT_RESUME_TASK, body)
 
 
-@app.task(name="examination.auto_correct")
+@app.task(name=names.DEFAULT_AUTO_CORRECT_TASK)
 def auto_correct(**body: Any) -> None:
     """Stand-in: the application is returned for correction."""
-    _receive("examination.auto_correct", body)
+    _receive(names.DEFAULT_AUTO_CORRECT_TASK, body)

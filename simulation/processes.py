@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from celery import Celery
 
+from retry_pipeline import names
 from retry_pipeline.client import report_missing
 from retry_pipeline.config import PREFIX
 from retry_pipeline.errors import RetryPipelineError
@@ -160,7 +161,7 @@ def choose_broker(
     broker_url: str | None, redis_db: int, private_only: bool
 ) -> tuple[str, PrivateRedis | None]:
     """The Redis to use: the given or local one on ``redis_db``, else a private server."""
-    base = broker_url or os.environ.get(f"{PREFIX}BROKER_URL") or "redis://127.0.0.1:6379/0"
+    base = broker_url or os.environ.get(f"{PREFIX}BROKER_URL") or names.DEFAULT_BROKER_URL
     if answers(base) and not private_only:
         return urlunsplit(urlsplit(base)._replace(path=f"/{redis_db}")), None
     private = start_private_redis()

@@ -20,6 +20,8 @@ from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.calendar import BusinessCalendar
 from retry_pipeline.config import Settings
+from simulation.redis_server import PrivateRedis
+from tests.support import private_redis_server
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 IN_CI = bool(os.environ.get("CI"))
@@ -89,3 +91,9 @@ def store(db_url: str) -> Iterator[RetryStore]:
     s = RetryStore.from_url(db_url)
     yield s
     s.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def private_redis() -> Iterator[PrivateRedis]:
+    """A redis-server private to this test session; the shared one is never touched."""
+    yield from private_redis_server()

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from retry_pipeline import wording
+from retry_pipeline import names, wording
 from retry_pipeline.adapters.orm import ChainRow, DeadLetterRow, HistoryRow, OutboxRow
 from retry_pipeline.calendar import format_instant, to_local
 from retry_pipeline.config import Settings
@@ -21,7 +21,7 @@ from retry_pipeline.model import PORTAL_STATUS_UNDER_REVIEW
 from retry_pipeline.web.scope import Scope
 
 ENDINGS = ("resumed", "auto_corrected")
-REPLAYABLE_TASKS = ("retry_pipeline.report_missing", "retry_pipeline.report_missing_batch")
+REPLAYABLE_TASKS = (names.REPORT_MISSING, names.REPORT_MISSING_BATCH)
 
 
 def day_bounds(now: datetime) -> tuple[datetime, datetime]:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from simulation.harness import Options, simulate
-from simulation.redis_server import start_private_redis
+from simulation.redis_server import PrivateRedis
 from simulation.scenario import Scenario
 
 IN_CI = bool(os.environ.get("CI"))
@@ -29,18 +29,9 @@ RunScenario = Callable[[dict[str, Any], Path], dict[str, Any]]
 
 
 @pytest.fixture(scope="session")
-def broker_url() -> Iterator[str]:
-    """URL of a redis-server private to this test session."""
-    try:
-        server = start_private_redis()
-    except RuntimeError as exc:
-        if IN_CI:
-            pytest.fail(f"e2e tests need a redis-server under CI: {exc}")
-        pytest.skip(f"no redis-server to start ({exc})")
-    try:
-        yield server.url
-    finally:
-        server.stop()
+def broker_url(private_redis: PrivateRedis) -> str:
+    """URL of the redis-server private to this test session."""
+    return private_redis.url
 
 
 def _progress(message: str) -> None:
