@@ -29,3 +29,7 @@ class NotARetryTarget(InvalidReport):
 
 class StoreError(RetryPipelineError):
     """The retry table refused an operation (e.g. ending a chain twice)."""
+
+
+class RegistryUnavailable(RetryPipelineError):
+    """Kei-MOTAS could not be read (unreachable, timed out): decide nothing, try again."""

@@ -24,6 +24,7 @@ import pytest
 from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.client import report_missing
 from retry_pipeline.sim.redis_server import free_port
+from tests.conftest import create_registry_standin_at
 
 pytest.importorskip("flower")
 pytestmark = pytest.mark.e2e
@@ -67,6 +68,7 @@ def _get(url: str, auth: str | None) -> tuple[int, bytes]:
 def flower(broker_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
     database_url = f"sqlite:///{tmp_path / 'flower.sqlite3'}"
     upgrade(database_url)
+    create_registry_standin_at(database_url)
     queue = f"flower-{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETRY_PIPELINE_")}
     env.update({

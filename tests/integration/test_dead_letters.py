@@ -34,6 +34,7 @@ from retry_pipeline.adapters.store import DeadLetter, RetryStore
 from retry_pipeline.cli import main
 from retry_pipeline.messages import MAX_PAYLOAD_BYTES
 from retry_pipeline.sim.redis_server import PrivateRedis, start_private_redis
+from tests.conftest import create_registry_standin_at
 
 pytestmark = pytest.mark.redis
 
@@ -118,6 +119,7 @@ def launch_worker(broker_url: str, workdir: Path) -> Worker:
     """Start ``celery worker`` (solo pool, a unique queue) over a fresh migrated SQLite file."""
     db_url = f"sqlite:///{workdir / 'retry.sqlite3'}"
     upgrade(db_url)
+    create_registry_standin_at(db_url)
     queue = f"rp-dl-{uuid.uuid4().hex[:10]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETRY_PIPELINE_")}
     env.update(

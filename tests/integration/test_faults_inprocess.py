@@ -69,6 +69,7 @@ from retry_pipeline.model import (
 )
 from retry_pipeline.ports import CertificateRegistry
 from retry_pipeline.service import Dispatch, RetryService
+from tests.conftest import create_registry_standin_at
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 ROOT = Path(__file__).resolve().parents[2]
@@ -549,6 +550,7 @@ def pg_url(postgres_server_url: str) -> str:
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
     upgrade(postgres_server_url)
+    create_registry_standin_at(postgres_server_url)
     return postgres_server_url
 
 
