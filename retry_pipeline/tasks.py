@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -18,12 +19,14 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from retry_pipeline.calendar import BusinessCalendar, parse_instant
 from retry_pipeline.config import Settings
-from retry_pipeline.errors import InvalidInstant, InvalidReport
+from retry_pipeline.errors import InvalidInstant, InvalidReport, RegistryUnavailable
 from retry_pipeline.messages import parse_report
-from retry_pipeline.schedules import GridSchedule
+from retry_pipeline.schedules import GridSchedule, retry_countdown
 from retry_pipeline.service import RetryService
 
 log = logging.getLogger(__name__)
+# A read that failed: the attempt decides nothing and waits within its slot.
+UNREADABLE = (RegistryUnavailable, OperationalError, InterfaceError)
 
 app = Celery("retry_pipeline", task_cls="retry_pipeline.worker:DeadLetterTask")
 app.config_from_object("celeryconfig")
@@ -128,26 +131,50 @@ def report_missing_batch(reports: Any) -> dict[str, int]:
     return {"accepted": len(reports) - refused, "refused": refused}
 
 
-@app.task(name="retry_pipeline.attempt")
-def attempt(chain_id: str, attempt_no: int, slot: str) -> str:
+def _wait_in_slot(task: Any, at: datetime, exc: Exception) -> None:
+    """Kei-MOTAS or the database could not be read: nothing was decided; retry in the slot.
+
+    Raises Celery's ``Retry`` with a bounded back-off while the slot lasts; once it is
+    over, returns (the grid tick sends an overdue slot again).
+    """
+    svc = service()
+    countdown = retry_countdown(at, svc.clock.now(), svc.step, task.request.retries)
+    if countdown is None:
+        log.error("slot %s not decided: %s; the grid tick sends it again", at.isoformat(), exc)
+        return
+    log.warning("slot %s waits %.0f s: %s", at.isoformat(), countdown, exc)
+    eta = svc.clock.to_real(svc.clock.now() + timedelta(seconds=countdown))
+    raise task.retry(eta=eta, exc=exc, max_retries=None)
+
+
+@app.task(name="retry_pipeline.attempt", bind=True)
+def attempt(self: Any, chain_id: str, attempt_no: int, slot: str) -> str:
     """One attempt of a chain (R8); a stale or duplicate message does nothing (DESIGN 3)."""
     try:
         at = parse_instant(slot)
     except InvalidInstant as exc:
         _dead_letter("retry_pipeline.attempt", str(exc), [chain_id, attempt_no, slot])
         return "refused"
-    return service().run_attempt(chain_id, int(attempt_no), at)
+    try:
+        return service().run_attempt(chain_id, int(attempt_no), at)
+    except UNREADABLE as exc:
+        _wait_in_slot(self, at, exc)
+        return "unreadable"
 
 
-@app.task(name="retry_pipeline.attempt_slot")
-def attempt_slot(slot: str) -> dict[str, int]:
+@app.task(name="retry_pipeline.attempt_slot", bind=True)
+def attempt_slot(self: Any, slot: str) -> dict[str, int]:
     """The attempts of every chain due at ``slot``, decided in batches (DESIGN 2, 3)."""
     try:
         at = parse_instant(slot)
     except InvalidInstant as exc:
         _dead_letter("retry_pipeline.attempt_slot", str(exc), {"slot": slot})
         return {}
-    return service().run_slot(at)
+    try:
+        return service().run_slot(at)
+    except UNREADABLE as exc:
+        _wait_in_slot(self, at, exc)
+        return {"unreadable": 1}
 
 
 @app.task(name="retry_pipeline.tick")

@@ -122,7 +122,7 @@ def test_migrations_do_not_create_the_keimotas_tables(fresh_url: str) -> None:
     engine = make_engine(fresh_url)
     create_registry_standin(engine)
     engine.dispose()
-    assert KEIMOTAS <= tables(fresh_url)
+    assert tables(fresh_url) >= KEIMOTAS
     upgrade(fresh_url)  # a stand-in beside the pipeline's tables changes nothing
     assert current_revision(fresh_url) == head()
 
