@@ -51,5 +51,8 @@ worker_send_task_events = True
 task_send_sent_event = True
 worker_hijack_root_logger = False
 
+# Beat records its heartbeat and every grid tick it sends (retry-pipeline health).
+beat_scheduler = "retry_pipeline.heartbeat:HeartbeatScheduler"
+
 # Undecodable messages (pickle, broken JSON) and unknown tasks become dead letters.
 worker_consumer = "retry_pipeline.worker:DeadLetterConsumer"

@@ -10,6 +10,8 @@ from typing import Any
 import click
 
 from retry_pipeline.calendar import BusinessCalendar, format_instant, parse_instant
+from retry_pipeline.cli_errors import ShortErrorGroup
+from retry_pipeline.cli_ops import health, registry_group
 from retry_pipeline.config import Settings
 from retry_pipeline.errors import ConfigError, InvalidInstant
 from retry_pipeline.policy import plan_attempts
@@ -51,7 +53,7 @@ _BROKER_URL = click.option(
 )
 
 
-@click.group()
+@click.group(cls=ShortErrorGroup)
 @click.version_option(package_name="retry-pipeline")
 def main() -> None:
     """Re-check missing electronic certificates before auto-correcting (SPEC R1–R16)."""
@@ -425,6 +427,9 @@ def demo(
     click.echo(f"report: {report_path}  scenario: {scenario_path}")
     click.echo(f"wall time {time.monotonic() - started:.0f} s at x{time_scale:g}")
 
+
+main.add_command(health)
+main.add_command(registry_group)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

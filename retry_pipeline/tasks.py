@@ -20,6 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from retry_pipeline.calendar import BusinessCalendar, parse_instant
 from retry_pipeline.config import Settings
 from retry_pipeline.errors import InvalidInstant, InvalidReport, RegistryUnavailable
+from retry_pipeline.heartbeat import WorkerHeartbeat
 from retry_pipeline.messages import parse_report
 from retry_pipeline.schedules import GridSchedule, retry_countdown
 from retry_pipeline.service import RetryService
@@ -30,6 +31,7 @@ UNREADABLE = (RegistryUnavailable, OperationalError, InterfaceError)
 
 app = Celery("retry_pipeline", task_cls="retry_pipeline.worker:DeadLetterTask")
 app.config_from_object("celeryconfig")
+app.steps["consumer"].add(WorkerHeartbeat)  # worker heartbeats in SQL (retry-pipeline health)
 
 
 @cache

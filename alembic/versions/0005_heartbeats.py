@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("beat_at", sa.DateTime(), nullable=False),
         sa.Column("started_at", sa.DateTime(), nullable=False),
+        sa.Column("last_tick_at", sa.DateTime(), nullable=True),
         sa.Column("detail", sa.String(length=200), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )

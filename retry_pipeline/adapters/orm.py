@@ -197,6 +197,7 @@ class HeartbeatRow(Base):
     kind: Mapped[str] = mapped_column(String(16), index=True)  # "beat" | "worker"
     beat_at: Mapped[datetime] = mapped_column(UTCDateTime)  # on the pipeline's clock
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_tick_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # beat: grid tick sent
     detail: Mapped[str] = mapped_column(String(200), default="")
 
 
