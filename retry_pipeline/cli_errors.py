@@ -43,9 +43,9 @@ def check_urls(environ: dict[str, str] | None = None) -> None:
         if broker:
             scheme = broker.split("://", 1)[0].lower() if "://" in broker else ""
             if scheme not in BROKER_SCHEMES:
+                # not shown: a malformed URL may hide its password from masking
                 raise ConfigError(
-                    f"{PREFIX}BROKER_URL {mask_url(broker)!r} is not a broker URL "
-                    f"(redis://, rediss://, amqp://)"
+                    f"{PREFIX}BROKER_URL is not a broker URL (redis://, rediss://, amqp://)"
                 )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

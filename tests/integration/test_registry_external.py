@@ -221,3 +221,60 @@ def test_unreadable_slot_backs_off_within_its_slot(
 ) -> None:
     now = SLOT + timedelta(seconds=into_slot_s)
     assert retry_countdown(SLOT, now, timedelta(minutes=10), retries) == expected
+
+
+SOURCE_DDL = """
+CREATE SCHEMA keimotas;
+CREATE TABLE keimotas.safety_certificate (
+    id text PRIMARY KEY, vehicle text NOT NULL, inspected_on date NOT NULL,
+    insurer_id text NOT NULL, insurance_no text NOT NULL, used_by text,
+    deleted_at timestamptz, available_at timestamptz NOT NULL, internal_note text);
+CREATE TABLE keimotas.insurance_certificate (
+    id text PRIMARY KEY, insurer_id text NOT NULL, insurance_no text NOT NULL,
+    vehicle text NOT NULL, deleted_at timestamptz, available_at timestamptz NOT NULL);
+CREATE TABLE keimotas.completion_certificate (
+    id text PRIMARY KEY, vehicle text NOT NULL, issued_on date NOT NULL, used_by text,
+    deleted_at timestamptz, available_at timestamptz NOT NULL);
+"""
+
+
+@pytest.mark.postgres
+def test_registry_schema_views_over_keimotas_tables_are_read(postgres_server_url: str) -> None:
+    """`retry-pipeline registry schema` DDL, run by a 'DBA' over other tables, is the contract."""
+    from click.testing import CliRunner
+
+    from retry_pipeline.adapters.registry import SqlCertificateRegistry
+    from retry_pipeline.cli import main
+
+    admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
+    name = f"rp_kmt_views_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(url)
+    try:
+        result = CliRunner().invoke(main, ["registry", "schema", "--source-schema", "keimotas"])
+        assert result.exit_code == 0, result.output
+        with engine.begin() as conn:
+            conn.execute(text(SOURCE_DDL))
+            conn.execute(text(result.output))
+            vehicle = "JA11-VIEW01"
+            conn.execute(
+                text(
+                    "INSERT INTO keimotas.safety_certificate VALUES (:id, :v, :d, 'INS-1', 'NO-1',"
+                    " NULL, NULL, :at, 'not for the pipeline')"
+                ),
+                {"id": "S-VIEW", "v": vehicle, "d": date(2026, 11, 20),
+                 "at": SLOT - timedelta(minutes=1)},
+            )  # fmt: skip
+        registry = SqlCertificateRegistry(registry_engine(url), Settings())
+        subject = Application("app-view", "KEI-OSAKA", Procedure.CONTINUOUS, vehicle)
+        kinds = frozenset({CertificateKind.SAFETY})
+        assert registry.present(subject, kinds, SLOT) == kinds
+        assert registry.present(subject, kinds, SLOT - timedelta(minutes=2)) == frozenset()
+        assert registry.present_many([(subject, kinds)], SLOT) == [kinds]
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
