@@ -14,9 +14,10 @@ from functools import cache
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from retry_pipeline import signing
 from retry_pipeline.calendar import BusinessCalendar, parse_instant
 from retry_pipeline.config import Settings
 from retry_pipeline.errors import InvalidInstant, InvalidReport, RegistryUnavailable
@@ -46,6 +47,15 @@ def service() -> RetryService:
     from retry_pipeline.bootstrap import bootstrap
 
     return bootstrap(settings(), app)
+
+
+SIGNED = signing.configure(app, settings())  # docs/security.md
+
+
+@worker_ready.connect
+def _warn_unsigned(**_: Any) -> None:
+    if not SIGNED:
+        log.warning(signing.UNSIGNED_WARNING)
 
 
 @worker_process_init.connect
