@@ -4,16 +4,27 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test unit integration e2e faults bench lint format clean
+.PHONY: install run test unit integration e2e faults bench lint format clean lock production-check
 
-$(STAMP): pyproject.toml
+# Dependencies from the lock (pip-tools, hashes checked), then the project itself (editable).
+$(STAMP): pyproject.toml requirements-dev.lock
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv/ and install the project (editable) with its test tools
+install: $(STAMP)  ## create .venv/ and install the locked dependencies and the project
+
+# requirements.lock: the image (runtime + Flower); requirements-dev.lock: make install.
+LOCK_FLAGS := --quiet --strip-extras --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links
+lock:  ## regenerate both lock files from pyproject.toml (needs PyPI)
+	$(BIN)/pip-compile $(LOCK_FLAGS) --extra flower -o requirements.lock pyproject.toml
+	$(BIN)/pip-compile $(LOCK_FLAGS) --extra flower --extra test -o requirements-dev.lock pyproject.toml
+
+production-check: install  ## the README's production steps against local PostgreSQL and a private Redis
+	scripts/production-check.sh
 
 run: install  ## the main job: a post-holiday morning of 300 applications through the real pipeline
 	$(BIN)/retry-pipeline demo --applications 300 --seed 7

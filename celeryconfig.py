@@ -8,9 +8,12 @@ import os
 
 from kombu import Exchange, Queue
 
+from retry_pipeline.config import env_setting
+
 _env = os.environ.get
 
-broker_url = _env("RETRY_PIPELINE_BROKER_URL", "redis://127.0.0.1:6379/0")
+# RETRY_PIPELINE_BROKER_URL, or the file named by RETRY_PIPELINE_BROKER_URL_FILE.
+broker_url = env_setting("BROKER_URL", "redis://127.0.0.1:6379/0")
 
 # JSON only; pickle is refused by configuration.
 task_serializer = "json"
