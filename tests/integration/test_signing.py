@@ -216,6 +216,14 @@ def test_only_reports_signed_by_a_known_key_are_taken(
         history = query(db_url, "SELECT application FROM retry_history")
         assert {r[0] for r in history} == {signed}
         assert worker.poll() is None  # the worker goes on
+        # compose's worker healthcheck works with signing on (control messages signed too)
+        ping = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "retry_pipeline.tasks", "inspect", "ping",
+             "--timeout", "10"],
+            env=worker_env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        assert "pong" in ping.stdout
     finally:
         stop(worker)
 
