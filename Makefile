@@ -50,13 +50,13 @@ bench: install  ## the benchmark against a raw Celery no-op task (bench/results.
 	$(BIN)/python bench/run.py --output bench/results.json
 
 lint: install  ## ruff (lint + format check) and mypy strict on the package
-	$(BIN)/ruff check retry_pipeline tests alembic bench celeryconfig.py
-	$(BIN)/ruff format --check retry_pipeline tests alembic bench celeryconfig.py
+	$(BIN)/ruff check retry_pipeline tests alembic bench celeryconfig.py flowerconfig.py
+	$(BIN)/ruff format --check retry_pipeline tests alembic bench celeryconfig.py flowerconfig.py
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format retry_pipeline tests alembic bench celeryconfig.py
-	$(BIN)/ruff check --fix retry_pipeline tests alembic bench celeryconfig.py
+	$(BIN)/ruff format retry_pipeline tests alembic bench celeryconfig.py flowerconfig.py
+	$(BIN)/ruff check --fix retry_pipeline tests alembic bench celeryconfig.py flowerconfig.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.sqlite3*
