@@ -39,7 +39,6 @@ keep examination_broker_url ||
 sed -e "s/@PIPELINE_HASH@/$(hash "$pipeline_pw")/" \
     -e "s/@EXAMINATION_HASH@/$(hash "$examination_pw")/" \
     "$(dirname "$0")/../deploy/users.acl.template" | grep -v -e '^#' -e '^$' >"$dir/redis_users.acl"
-chmod 644 "$dir/redis_users.acl"  # read by the redis user in its container; hashes only
 
 keep flower_basic_auth || put flower_basic_auth "ops:$(rand)"
 
@@ -51,5 +50,9 @@ for name in pipeline examination; do
   fi
   cp "$dir/$name.pem" "$dir/trusted/$name.pem"
 done
-chmod 644 "$dir"/*.pem "$dir"/trusted/*.pem
+# The folder is 0700 (no other host user reaches the files). The files themselves are
+# 0644: compose mounts file secrets as they are, and the containers' users (pipeline,
+# redis, postgres) are not the owner on the host.
+chmod 700 "$dir" "$dir/trusted"
+find "$dir" -type f -exec chmod 644 {} +
 echo "secrets in $dir/ (give examination.key, examination.pem, pipeline.pem and examination_broker_url to the examination side)" >&2

@@ -184,6 +184,11 @@ def test_every_secret_and_config_file_is_written_by_make_secrets(
     assert re.search(r"^user examination on #[0-9a-f]{64} ", acl, re.MULTILINE)
     for password in ("redis_pipeline_password", "redis_examination_password"):
         assert (tmp_path / "secrets" / password).read_text().strip() not in acl  # hashes only
+    printed = done.stdout + done.stderr
+    for secret in ("postgres_password", "redis_pipeline_password", "flower_basic_auth"):
+        value = (tmp_path / "secrets" / secret).read_text().strip().split(":")[-1]
+        assert value and value not in printed  # nothing secret printed
+    assert (tmp_path / "secrets").stat().st_mode & 0o077 == 0  # the folder is the owner's
 
 
 def test_interpolated_variables_have_defaults_or_are_in_env_example() -> None:
