@@ -59,6 +59,37 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path
     return {name: create_keypair(base / name, name) for name in ("pipeline", "examination", "x")}
 
 
+def impostor(genuine_cert: Path, directory: Path) -> tuple[Path, Path]:
+    """A new key with a certificate that copies the genuine one's issuer and serial number."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    genuine = x509.load_pem_x509_certificate(genuine_cert.read_bytes())
+    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(genuine.subject)
+        .issuer_name(genuine.issuer)
+        .public_key(key.public_key())
+        .serial_number(genuine.serial_number)
+        .not_valid_before(genuine.not_valid_before_utc)
+        .not_valid_after(genuine.not_valid_after_utc)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    key_path, cert_path = directory / "impostor.key", directory / "impostor.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
 @pytest.fixture(scope="module")
 def cert_store(
     keys: dict[str, tuple[Path, Path]], tmp_path_factory: pytest.TempPathFactory
@@ -194,25 +225,39 @@ def test_only_reports_signed_by_a_known_key_are_taken(
     worker = start_worker(worker_env, log)
     try:
         assert UNSIGNED_WARNING not in log.read_text(errors="replace")
-        signed, unsigned, foreign = (f"OSS-2026-{n}{uuid.uuid4().hex[:5]}" for n in "SUF")
+        signed, unsigned, foreign, forged = (f"OSS-2026-{n}{uuid.uuid4().hex[:5]}" for n in "SUFX")
         # The stranger verifies with the same store, but signs with its own key.
         exam_key, exam_cert = keys["examination"]
         send_signed(env, report(signed), exam_key, exam_cert, cert_store)
         send_unsigned(private_redis.url, queue, report(unsigned))
         send_signed(env, report(foreign), keys["x"][0], keys["x"][1], cert_store)
+        # Another key claiming to be the examination side (its certificate's id copied).
+        fake_key, fake_cert = impostor(exam_cert, tmp_path / "impostor")
+        send_signed(env, report(forged), fake_key, fake_cert, cert_store)
 
         def settled() -> bool:
             chains = query(db_url, "SELECT application FROM retry_chain")
             letters = query(db_url, "SELECT reason FROM dead_letter")
-            return bool(chains) and len(letters) >= 2
+            return bool(chains) and len(letters) >= 3
 
-        wait_until(settled, "one chain and two dead letters", log, worker)
+        wait_until(settled, "one chain and three dead letters", log, worker)
         chains = [r[0] for r in query(db_url, "SELECT application FROM retry_chain")]
         assert chains == [signed]
         letters = [r[0] for r in query(db_url, "SELECT reason FROM dead_letter ORDER BY id")]
-        assert len(letters) == 2, letters
+        assert len(letters) == 3, letters
         assert any("ContentDisallowed" in r or "untrusted" in r for r in letters), letters
         assert any("Unknown certificate" in r for r in letters), letters
+        # The forged signature fails verification. Celery 5.x words it oddly: its
+        # reraise_errors catches a module instead of InvalidSignature, so the reason is
+        # "Unable to deserialize: TypeError(...)" rather than "Bad signature"; the body
+        # is never decoded either way.
+        assert sum("Unknown certificate" in r for r in letters) == 1, letters
+        forged_letters = [
+            r for r in letters
+            if "Unknown certificate" not in r
+            and ("Bad signature" in r or "Unable to deserialize" in r)
+        ]  # fmt: skip
+        assert len(forged_letters) == 1, letters
         history = query(db_url, "SELECT application FROM retry_history")
         assert {r[0] for r in history} == {signed}
         assert worker.poll() is None  # the worker goes on
