@@ -8,6 +8,7 @@ Redis persistence and ACL, and the image built from the lock file.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -215,3 +216,48 @@ def test_image_installs_from_the_lock_file() -> None:
         assert needed in pinned, needed
     assert "--hash=sha256:" in lock
     assert "file:///" not in lock and "/opt/" not in lock  # nothing of this machine
+
+
+# -- what `docker compose config` checks, without Docker -----------------------------------
+
+SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"  # compose-spec/compose-spec@170098b
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?)([-?])([^}]*))?\}")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error} ($$ is a literal $)."""
+
+    def one(match: re.Match[str]) -> str:
+        name, colon, kind, arg = match.groups()
+        value = env.get(name)
+        unset = value is None or (colon == ":" and value == "")
+        if kind == "?" and unset:
+            raise AssertionError(f"compose would stop: {name}: {arg}")
+        if kind == "-" and unset:
+            return arg
+        return value or ""
+
+    return INTERPOLATION.sub(one, text.replace("$$", "\0")).replace("\0", "$")
+
+
+def test_compose_file_is_valid_against_the_compose_spec_with_the_example_env() -> None:
+    """The schema `docker compose config` validates against, after interpolating .env.example."""
+    jsonschema = pytest.importorskip("jsonschema")
+    example = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    data = yaml.safe_load(interpolate(COMPOSE.read_text(), example))
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft7Validator(schema).validate(data)  # raises with the first error's path
+
+
+def test_the_spec_check_can_fail() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(SCHEMA.read_text())
+    bad = {"services": {"worker": {"image": "x:1.0", "healthcheck": {"interval": 5}}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(schema).validate(bad)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(schema).validate({"services": {"w": {"comand": ["a"]}}})
