@@ -1,7 +1,8 @@
 """Celery settings only (DESIGN 9); rule settings live in retry_pipeline/config.py.
 
 Read by ``retry_pipeline.tasks`` with ``app.config_from_object("celeryconfig")``.
-Secrets (a Redis password in the URL) come only from the environment.
+Secrets (a Redis password in the URL) come only from the environment or a file
+(``RETRY_PIPELINE_BROKER_URL_FILE``). Message signing is set up in ``retry_pipeline/signing.py``.
 """
 
 import os
