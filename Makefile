@@ -5,13 +5,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SIMPTH := $(VENV)/.simulation
 
-.PHONY: install run test unit integration e2e faults bench lint format clean
+.PHONY: install run test unit integration e2e faults bench lint format clean lock production-check
 
-$(STAMP): pyproject.toml
+# Dependencies from the lock (pip-tools, hashes checked), then the project itself (editable).
+$(STAMP): pyproject.toml requirements-dev.lock
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 # The simulation harness (simulation/) is not part of the wheel: a .pth file puts the
@@ -20,7 +22,16 @@ $(SIMPTH): $(STAMP)
 	$(BIN)/python -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "retry_pipeline_simulation.pth").write_text(str(pathlib.Path.cwd().resolve()) + "\n")'
 	touch $(SIMPTH)
 
-install: $(STAMP) $(SIMPTH)  ## create .venv/ and install the project (editable) with its test tools and the simulation
+install: $(STAMP) $(SIMPTH)  ## create .venv/ and install the locked dependencies, the project and the simulation
+
+# requirements.lock: the image (runtime + Flower); requirements-dev.lock: make install.
+LOCK_FLAGS := --quiet --strip-extras --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links
+lock:  ## regenerate both lock files from pyproject.toml (needs PyPI)
+	$(BIN)/pip-compile $(LOCK_FLAGS) --extra flower -o requirements.lock pyproject.toml
+	$(BIN)/pip-compile $(LOCK_FLAGS) --extra flower --extra test -o requirements-dev.lock pyproject.toml
+
+production-check: install  ## the README's production steps against local PostgreSQL and a private Redis
+	scripts/production-check.sh
 
 run: install  ## the main job: a post-holiday morning of 300 applications through the real pipeline
 	$(BIN)/retry-pipeline demo --applications 300 --seed 7
@@ -46,13 +57,13 @@ bench: install  ## the benchmark against a raw Celery no-op task (bench/results.
 	$(BIN)/python bench/run.py --output bench/results.json
 
 lint: install  ## ruff (lint + format check) and mypy strict on the package
-	$(BIN)/ruff check retry_pipeline simulation tests bench celeryconfig.py
-	$(BIN)/ruff format --check retry_pipeline simulation tests bench celeryconfig.py
+	$(BIN)/ruff check retry_pipeline simulation tests bench celeryconfig.py flowerconfig.py
+	$(BIN)/ruff format --check retry_pipeline simulation tests bench celeryconfig.py flowerconfig.py
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format retry_pipeline simulation tests bench celeryconfig.py
-	$(BIN)/ruff check --fix retry_pipeline simulation tests bench celeryconfig.py
+	$(BIN)/ruff format retry_pipeline simulation tests bench celeryconfig.py flowerconfig.py
+	$(BIN)/ruff check --fix retry_pipeline simulation tests bench celeryconfig.py flowerconfig.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.sqlite3*

@@ -1,14 +1,15 @@
 """Celery settings only (DESIGN 9), derived from the same ``RETRY_PIPELINE_*`` settings as the rest.
 
 Read by ``retry_pipeline.tasks`` with ``app.config_from_object("celeryconfig")``.
-Secrets (a Redis password in the URL) come only from the environment.
+Secrets (a Redis password in the URL) come only from the environment or a file
+(``RETRY_PIPELINE_BROKER_URL_FILE``). Message signing is set up in ``retry_pipeline/signing.py``.
 """
 
 from kombu import Exchange, Queue
 
 from retry_pipeline.config import Settings
 
-_settings = Settings.from_env()
+_settings = Settings.from_env()  # RETRY_PIPELINE_*, secrets also from their *_FILE
 
 broker_url = _settings.broker_url
 
@@ -47,6 +48,9 @@ enable_utc = True
 worker_send_task_events = True
 task_send_sent_event = True
 worker_hijack_root_logger = False
+
+# Beat records its heartbeat and every grid tick it sends (retry-pipeline health).
+beat_scheduler = "retry_pipeline.heartbeat:HeartbeatScheduler"
 
 # Undecodable messages (pickle, broken JSON) and unknown tasks become dead letters.
 worker_consumer = "retry_pipeline.worker:DeadLetterConsumer"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+
 from retry_pipeline.adapters.celery_io import CeleryDispatcher, CeleryExaminationGateway
 from retry_pipeline.adapters.db import make_engine
 from retry_pipeline.adapters.registry import SqlCertificateRegistry
@@ -26,10 +29,8 @@ def bootstrap(
     """The pipeline over the configured database, clock and Celery app."""
     clock = clock or clock_from(settings.clock_file)
     store = RetryStore(make_engine(settings.database_url))
-    # Reads of Kei-MOTAS take no write lock (a separate engine on SQLite).
-    registry = SqlCertificateRegistry(
-        make_engine(settings.database_url, write_lock=False), settings
-    )
+    # Kei-MOTAS: read only, from RETRY_PIPELINE_REGISTRY_URL (default: the database).
+    registry = SqlCertificateRegistry(registry_engine(settings.registry_database_url), settings)
     return Pipeline(
         store=store,
         registry=registry,
@@ -38,3 +39,11 @@ def bootstrap(
         dispatcher=dispatcher or CeleryDispatcher(app, clock, settings),
         gateway=gateway or CeleryExaminationGateway(app, settings),
     )
+
+
+def registry_engine(url: str) -> Engine:
+    """An engine that only reads: no write lock on SQLite, read-only sessions on PostgreSQL."""
+    if make_url(url).get_backend_name() == "sqlite":
+        return make_engine(url, write_lock=False)
+    engine = make_engine(url, connect_args={"connect_timeout": 10})
+    return engine.execution_options(postgresql_readonly=True)

@@ -9,12 +9,10 @@ from typing import Any
 
 import click
 
-from retry_pipeline.calendar import (
-    BusinessCalendar,
-    format_instant,
-    parse_instant,
-)
+from retry_pipeline.calendar import BusinessCalendar, format_instant, parse_instant
 from retry_pipeline.cli_checks import BadInput, check_ident, load_settings
+from retry_pipeline.cli_errors import ShortErrorGroup
+from retry_pipeline.cli_ops import health, registry_group
 from retry_pipeline.errors import CalendarError, InvalidInstant
 from retry_pipeline.policy import plan_attempts
 
@@ -33,7 +31,7 @@ class Instant(click.ParamType):  # type: ignore[type-arg]
             self.fail(str(exc), param, ctx)
 
 
-@click.group()
+@click.group(cls=ShortErrorGroup)
 @click.version_option(package_name="retry-pipeline")
 def main() -> None:
     """Re-check missing electronic certificates before auto-correcting (SPEC R1–R16)."""
@@ -179,6 +177,9 @@ from retry_pipeline.cli_simulation import demo, fault_matrix, scenario_group, si
 
 for _command in (calendar_cmd, simulate, fault_matrix, scenario_group, demo):
     main.add_command(_command)
+
+main.add_command(health)
+main.add_command(registry_group)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

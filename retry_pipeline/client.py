@@ -7,6 +7,12 @@
                    broker_url="redis://:secret@redis:6379/0")
 
 The pipeline validates the message; a refused one is kept in its dead-letter table.
+
+Signed messages (docs/security.md): with ``RETRY_PIPELINE_SECURITY_KEY``,
+``RETRY_PIPELINE_SECURITY_CERTIFICATE`` (the examination side's own key and
+certificate) and ``RETRY_PIPELINE_SECURITY_CERT_STORE`` (a folder holding the
+pipeline's certificate, to verify outcomes) set, or with ``signed_app(...)``, every
+report is signed. Celery registers one ``auth`` serializer per process: one key.
 """
 
 from __future__ import annotations
@@ -31,15 +37,38 @@ _apps: dict[str, Celery] = {}
 def _app(broker_url: str | None) -> Celery:
     url = broker_url or os.environ.get("RETRY_PIPELINE_BROKER_URL", DEFAULT_BROKER_URL)
     if url not in _apps:
-        app = Celery("retry_pipeline_client", broker=url, set_as_current=False)
-        app.conf.update(
-            task_serializer="json",
-            accept_content=["json"],
-            task_ignore_result=True,
-            broker_connection_retry_on_startup=True,
-        )
-        _apps[url] = app
+        env = os.environ.get
+        names = ("KEY", "CERTIFICATE", "CERT_STORE")
+        files = [env(f"RETRY_PIPELINE_SECURITY_{n}", "") for n in names]
+        if all(files):
+            _apps[url] = signed_app(url, *files)
+        else:
+            app = Celery("retry_pipeline_client", broker=url, set_as_current=False)
+            app.conf.update(
+                task_serializer="json",
+                accept_content=["json"],
+                task_ignore_result=True,
+                broker_connection_retry_on_startup=True,
+            )
+            _apps[url] = app
     return _apps[url]
+
+
+def signed_app(broker_url: str, key: str, certificate: str, cert_store: str) -> Celery:
+    """A sender that signs with ``key``/``certificate`` (PEM files) and verifies by the store."""
+    app = Celery("retry_pipeline_client", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="auth",
+        accept_content=["auth"],
+        security_key=key,
+        security_certificate=certificate,
+        security_cert_store=cert_store,
+        security_digest="sha256",
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+    )
+    app.setup_security()
+    return app
 
 
 def report_missing(

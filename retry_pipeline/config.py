@@ -29,6 +29,7 @@ class Settings:
     completion_validity_months: int = 9  # R2
     database_url: str = "sqlite:///retry_pipeline.sqlite3"
     broker_url: str = names.DEFAULT_BROKER_URL
+    registry_url: str | None = None  # Kei-MOTAS, read only (docs/registry.md); unset = database
     queue: str = names.DEFAULT_QUEUE  # where reports and attempts are consumed
     examination_queue: str = names.DEFAULT_EXAMINATION_QUEUE  # where outcomes go (DESIGN 5)
     resume_task: str = names.DEFAULT_RESUME_TASK
@@ -37,6 +38,21 @@ class Settings:
     beat_max_interval_s: float = 5.0
     # Countdowns never exceed one slot (10 min); redelivery after an hour is far beyond that.
     visibility_timeout_s: int = 3600
+    heartbeat_s: float = 30.0  # how often beat and each worker record their heartbeat
+    # Message signing (docs/security.md): PEM files; all three set = signing on.
+    security_key: str | None = None
+    security_certificate: str | None = None
+    security_cert_store: str | None = None
+
+    @property
+    def registry_database_url(self) -> str:
+        """The database the certificate registry reads (defaults to the pipeline's own)."""
+        return self.registry_url or self.database_url
+
+    @property
+    def signing(self) -> bool:
+        """Whether messages are signed and only signed messages are taken."""
+        return bool(self.security_key and self.security_certificate and self.security_cert_store)
 
     def __post_init__(self) -> None:
         if self.step_min <= 0 or 24 * 60 % self.step_min:
@@ -49,12 +65,23 @@ class Settings:
             raise ConfigError(f"CLOSE {self.close} must be after OPENING {self.opening}")
         if self.safety_validity_days < 1 or self.completion_validity_months < 1:
             raise ConfigError("validity periods must be at least one day / one month")
+        security = (self.security_key, self.security_certificate, self.security_cert_store)
+        if any(security) and not all(security):
+            raise ConfigError(
+                "SECURITY_KEY, SECURITY_CERTIFICATE and SECURITY_CERT_STORE go together"
+            )
+        if self.heartbeat_s <= 0:
+            raise ConfigError(f"HEARTBEAT_S must be > 0, got {self.heartbeat_s}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``RETRY_PIPELINE_*`` variables; unknown ones are refused."""
         env = os.environ if environ is None else environ
         ours = {k[len(PREFIX) :]: v for k, v in env.items() if k.startswith(PREFIX)}
+        for name in SECRETS:
+            if f"{name}_FILE" in ours:
+                ours[name] = read_secret_file(name, ours)
+                del ours[f"{name}_FILE"]
         extra = sorted(set(ours) - _KNOWN)
         if extra:
             raise ConfigError(f"unknown setting(s): {', '.join(PREFIX + k for k in extra)}")
@@ -79,12 +106,44 @@ class Settings:
         for name in _TEXT:
             if ours.get(name, "").strip():
                 kw[name.lower()] = ours[name].strip()
-        if ours.get("BEAT_MAX_INTERVAL_S", "").strip():
-            try:
-                kw["beat_max_interval_s"] = float(ours["BEAT_MAX_INTERVAL_S"])
-            except ValueError:
-                raise ConfigError(f"{PREFIX}BEAT_MAX_INTERVAL_S must be a number") from None
+        for name in ("BEAT_MAX_INTERVAL_S", "HEARTBEAT_S"):
+            if ours.get(name, "").strip():
+                try:
+                    kw[name.lower()] = float(ours[name])
+                except ValueError:
+                    raise ConfigError(f"{PREFIX}{name} must be a number") from None
         return cls(**kw)  # type: ignore[arg-type]
+
+
+# Settings that may carry a password: each also reads from a file named by ``<NAME>_FILE``
+# (compose secrets, /run/secrets/...), so it never sits on a command line or in ``ps``.
+SECRETS = ("DATABASE_URL", "BROKER_URL", "REGISTRY_URL")
+
+
+def read_secret_file(name: str, ours: Mapping[str, str]) -> str:
+    """The value of ``RETRY_PIPELINE_<name>`` from the file ``RETRY_PIPELINE_<name>_FILE``."""
+    if ours.get(name, "").strip():
+        raise ConfigError(f"set {PREFIX}{name} or {PREFIX}{name}_FILE, not both")
+    path = ours[f"{name}_FILE"].strip()
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{PREFIX}{name}_FILE: cannot read {path!r} ({exc.strerror or exc})"
+        ) from None
+    if not value:
+        raise ConfigError(f"{PREFIX}{name}_FILE: {path!r} is empty")
+    return value
+
+
+def env_setting(name: str, default: str, environ: Mapping[str, str] | None = None) -> str:
+    """One ``RETRY_PIPELINE_<name>`` value, from the variable or its ``_FILE`` (celeryconfig)."""
+    env = os.environ if environ is None else environ
+    ours = {k[len(PREFIX) :]: v for k, v in env.items() if k.startswith(PREFIX)}
+    if name in SECRETS and f"{name}_FILE" in ours:
+        return read_secret_file(name, ours)
+    return ours.get(name, "").strip() or default
 
 
 _INTS = (
@@ -103,6 +162,10 @@ _TEXT = (
     "RESUME_TASK",
     "AUTO_CORRECT_TASK",
     "CLOCK_FILE",
+    "REGISTRY_URL",
+    "SECURITY_KEY",
+    "SECURITY_CERTIFICATE",
+    "SECURITY_CERT_STORE",
 )
 _OTHER = (
     "OPENING",
@@ -112,7 +175,10 @@ _OTHER = (
     "BEAT_MAX_INTERVAL_S",
     "LOG_FORMAT",  # read by logs.py (json: one JSON object per line)
     "WEB_SECRET",  # read by web/console.py (signs the console's session cookie)
+    "WEB_SECRET_FILE",  # the same from a file (compose secrets)
     "WEB_COOKIE_SECURE",  # read by web/console.py (1: the session cookie is Secure, behind TLS)
+    "HEARTBEAT_S",
+    "FLOWER_BASIC_AUTH_FILE",  # read by flowerconfig.py
 )
 _KNOWN = frozenset({*_INTS, *_TEXT, *_OTHER})
 

@@ -33,3 +33,7 @@ class StoreError(RetryPipelineError):
 
 class DuplicateRecord(StoreError):
     """An insert met a record another transaction wrote first (R4: one per application)."""
+
+
+class RegistryUnavailable(RetryPipelineError):
+    """Kei-MOTAS could not be read (unreachable, timed out): decide nothing, try again."""

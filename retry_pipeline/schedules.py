@@ -67,3 +67,18 @@ class GridSchedule(BaseSchedule):  # type: ignore[misc]
 
     def __hash__(self) -> int:
         return hash(self.calendar.settings)
+
+
+RETRY_BACKOFF_MAX_S = 60.0
+
+
+def retry_countdown(slot: datetime, now: datetime, step: timedelta, retries: int) -> float | None:
+    """Seconds (on the pipeline's clock) before an unreadable slot is tried again.
+
+    Back-off 2, 4, 8 … capped at 60 s, only while the slot lasts: ``None`` when the
+    next try would fall at or after the next slot (the grid tick takes over then).
+    """
+    wait = min(2.0 ** (max(retries, 0) + 1), RETRY_BACKOFF_MAX_S)
+    if now + timedelta(seconds=wait) >= slot + step:
+        return None
+    return wait

@@ -8,20 +8,22 @@ worker sends ``retry_pipeline.report_missing`` by name, beat sends
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from retry_pipeline import names
+from retry_pipeline import names, signing
 from retry_pipeline.calendar import BusinessCalendar, parse_instant
 from retry_pipeline.config import Settings
-from retry_pipeline.errors import InvalidInstant, InvalidReport
+from retry_pipeline.errors import InvalidInstant, InvalidReport, RegistryUnavailable
+from retry_pipeline.heartbeat import WorkerHeartbeat
 from retry_pipeline.logs import connect_celery
 from retry_pipeline.messages import parse_report
-from retry_pipeline.schedules import GridSchedule
+from retry_pipeline.schedules import GridSchedule, retry_countdown
 from retry_pipeline.service.letters import raw_text
 from retry_pipeline.service.pipeline import Pipeline
 
@@ -29,9 +31,12 @@ log = logging.getLogger(__name__)
 
 app = Celery("retry_pipeline", task_cls="retry_pipeline.worker:DeadLetterTask")
 app.config_from_object("celeryconfig")
+app.steps["consumer"].add(WorkerHeartbeat)  # worker heartbeats in SQL (retry-pipeline health)
 connect_celery()  # RETRY_PIPELINE_LOG_FORMAT=json: worker and beat log JSON lines
 
 MAX_BATCH = 500
+# A read that failed: the attempt decides nothing and waits within its slot.
+UNREADABLE = (RegistryUnavailable, OperationalError, InterfaceError)
 
 # The database is unreachable: try again (about an hour in all), then a dead letter.
 DB_RETRY: dict[str, Any] = {
@@ -54,6 +59,15 @@ def service() -> Pipeline:
     from retry_pipeline.bootstrap import bootstrap
 
     return bootstrap(settings(), app)
+
+
+SIGNED = signing.configure(app, settings())  # docs/security.md
+
+
+@worker_ready.connect
+def _warn_unsigned(**_: Any) -> None:
+    if not SIGNED:
+        log.warning(signing.UNSIGNED_WARNING)
 
 
 @worker_process_init.connect
@@ -125,21 +139,45 @@ def _slot_of(task: str, slot: Any, payload: Any) -> Any:
         return None
 
 
-@app.task(name=names.ATTEMPT_SLOT)
-def attempt_slot(slot: str) -> dict[str, int]:
+def _wait_in_slot(task: Any, at: datetime, exc: Exception) -> None:
+    """Kei-MOTAS or the database could not be read: nothing was decided; retry in the slot.
+
+    Raises Celery's ``Retry`` with a bounded back-off while the slot lasts; once it is
+    over, returns (the grid tick sends an overdue slot again).
+    """
+    svc = service()
+    countdown = retry_countdown(at, svc.clock.now(), svc.deps.step, task.request.retries)
+    if countdown is None:
+        log.error("slot %s not decided: %s; the grid tick sends it again", at.isoformat(), exc)
+        return
+    log.warning("slot %s waits %.0f s: %s", at.isoformat(), countdown, exc)
+    eta = svc.clock.to_real(svc.clock.now() + timedelta(seconds=countdown))
+    raise task.retry(eta=eta, exc=exc, max_retries=None)
+
+
+def _run_slot(task: Any, at: datetime) -> dict[str, int]:
+    try:
+        return service().run_slot(at)
+    except UNREADABLE as exc:
+        _wait_in_slot(task, at, exc)
+        return {"unreadable": 1}
+
+
+@app.task(name=names.ATTEMPT_SLOT, bind=True)
+def attempt_slot(self: Any, slot: str) -> dict[str, int]:
     """The attempts of every chain due at ``slot``, decided in batches (DESIGN 2, 3)."""
     at = _slot_of(names.ATTEMPT_SLOT, slot, {"slot": slot})
-    return {} if at is None else service().run_slot(at)
+    return {} if at is None else _run_slot(self, at)
 
 
-@app.task(name=names.ATTEMPT)
-def attempt(chain_id: str, attempt_no: int, slot: str) -> dict[str, int]:
+@app.task(name=names.ATTEMPT, bind=True)
+def attempt(self: Any, chain_id: str, attempt_no: int, slot: str) -> dict[str, int]:
     """One chain's attempt, as older senders send it: its slot decides it (DESIGN 3).
 
     A duplicate or stale message finds the chain no longer due at ``slot``.
     """
     at = _slot_of(names.ATTEMPT, slot, [chain_id, attempt_no, slot])
-    return {} if at is None else service().run_slot(at)
+    return {} if at is None else _run_slot(self, at)
 
 
 @app.task(name=names.TICK)

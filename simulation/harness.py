@@ -24,12 +24,14 @@ from sqlalchemy.orm import Session
 
 from retry_pipeline.adapters.db import make_engine
 from retry_pipeline.adapters.migrate import upgrade
+from retry_pipeline.adapters.orm import create_registry_standin
 from retry_pipeline.adapters.registry import to_row
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.calendar import BusinessCalendar, format_instant
 from retry_pipeline.clock import FileClock
 from retry_pipeline.config import PREFIX, Settings
 from retry_pipeline.model import Certificate
+from retry_pipeline.redact import mask_url
 from simulation import examination
 from simulation.faults import Injector, build_injector
 from simulation.processes import (
@@ -110,12 +112,14 @@ def run_simulation(
     for stale in workdir.glob("beat*-schedule*"):
         stale.unlink()
     broker_url, private = choose_broker(options.broker_url, options.redis_db, bool(options.faults))
-    say(f"broker {broker_url}{' (private redis-server)' if private else ''}; workdir {workdir}")
+    shown = mask_url(broker_url)
+    say(f"broker {shown}{' (private redis-server)' if private else ''}; workdir {workdir}")
     broker = redis.Redis.from_url(broker_url)
     run: Run | None = None
     try:
         upgrade(database_url)
         engine = make_engine(database_url)
+        create_registry_standin(engine)  # Kei-MOTAS is external; the simulation stands in
         examination.create_tables(engine)
         store = RetryStore(engine)
         with store.unit() as u:

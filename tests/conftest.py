@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from retry_pipeline.adapters.migrate import upgrade
+from retry_pipeline.adapters.orm import create_registry_standin
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.calendar import BusinessCalendar
 from retry_pipeline.config import Settings
@@ -83,7 +84,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         url = request.getfixturevalue("postgres_server_url")
         _reset_postgres(url)
     upgrade(url)
+    create_registry_standin_at(url)  # Kei-MOTAS is external: the tests stand in for it
     return url
+
+
+def create_registry_standin_at(url: str) -> None:
+    """The Kei-MOTAS tables at ``url`` (docs/registry.md), as the simulation creates them."""
+    engine = create_engine(url)
+    try:
+        create_registry_standin(engine)
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture

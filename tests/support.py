@@ -96,8 +96,11 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 def launch_worker(broker_url: str, workdir: Path) -> Worker:
     """Start ``celery worker`` (solo pool, a unique queue) over a fresh migrated SQLite file."""
+    from tests.conftest import create_registry_standin_at
+
     db_url = f"sqlite:///{workdir / 'retry.sqlite3'}"
     upgrade(db_url)
+    create_registry_standin_at(db_url)  # Kei-MOTAS is external: the tests stand in for it
     queue = f"rp-dl-{uuid.uuid4().hex[:10]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETRY_PIPELINE_")}
     env.update(

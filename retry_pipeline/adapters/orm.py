@@ -1,5 +1,10 @@
 """Tables (SQLAlchemy 2 typed ORM): retry table, history, outbox, close signals, Kei-MOTAS.
 
+The pipeline's own tables are on ``Base`` (its migrations create them). The Kei-MOTAS
+tables are on ``RegistryBase``: another system owns them (docs/registry.md); the
+pipeline only reads them, and only simulations and tests create a stand-in
+(``create_registry_standin``).
+
 Instants are stored as naive UTC and read back as aware UTC (``UTCDateTime``).
 """
 
@@ -48,7 +53,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    """Declarative base of every table."""
+    """Declarative base of the pipeline's own tables (the migrations' metadata)."""
+
+
+class RegistryBase(DeclarativeBase):
+    """Declarative base of the Kei-MOTAS tables the registry reads (not migrated here)."""
 
 
 class ChainRow(Base):
@@ -126,7 +135,7 @@ class CloseSignalRow(Base):
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class SafetyRow(Base):
+class SafetyRow(RegistryBase):
     """Kei-MOTAS safety certificates (保適証)."""
 
     __tablename__ = "keimotas_safety_certificate"
@@ -141,7 +150,7 @@ class SafetyRow(Base):
     available_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class InsuranceRow(Base):
+class InsuranceRow(RegistryBase):
     """Kei-MOTAS insurance certificates (自賠責証)."""
 
     __tablename__ = "keimotas_insurance_certificate"
@@ -155,7 +164,7 @@ class InsuranceRow(Base):
     available_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class CompletionRow(Base):
+class CompletionRow(RegistryBase):
     """Kei-MOTAS completion certificates (完検証)."""
 
     __tablename__ = "keimotas_completion_certificate"
@@ -208,3 +217,21 @@ class LoginFailureRow(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     last_failure_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class HeartbeatRow(Base):
+    """The last sign of life of beat or of one worker (``retry-pipeline health``)."""
+
+    __tablename__ = "heartbeat"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # beat, or worker@host
+    kind: Mapped[str] = mapped_column(String(16), index=True)  # "beat" | "worker"
+    beat_at: Mapped[datetime] = mapped_column(UTCDateTime)  # on the pipeline's clock
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_tick_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # beat: grid tick sent
+    detail: Mapped[str] = mapped_column(String(200), default="")
+
+
+def create_registry_standin(engine: Any) -> None:
+    """Create the Kei-MOTAS tables (a stand-in for simulations and tests, never production)."""
+    RegistryBase.metadata.create_all(engine)

@@ -1,17 +1,25 @@
-"""Kei-MOTAS certificate registry over SQL tables (DESIGN 6); rules from ``rules.py``."""
+"""Kei-MOTAS certificate registry over SQL tables (DESIGN 6); rules from ``rules.py``.
+
+Kei-MOTAS is another system: the registry only reads the tables (or views) named in
+docs/registry.md, from ``RETRY_PIPELINE_REGISTRY_URL``. A read that fails raises
+``RegistryUnavailable``; no attempt is decided on it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy import Engine, select, tuple_
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from retry_pipeline.adapters.db import make_sessions
 from retry_pipeline.adapters.orm import CompletionRow, InsuranceRow, SafetyRow
 from retry_pipeline.config import Settings
+from retry_pipeline.errors import RegistryUnavailable
 from retry_pipeline.model import (
     Application,
     Certificate,
@@ -38,7 +46,7 @@ class SqlCertificateRegistry:
         self, subject: Application, kinds: frozenset[CertificateKind], as_of: datetime
     ) -> frozenset[CertificateKind]:
         """R1/R2: which of ``kinds`` are present for ``subject`` at ``as_of``."""
-        with self._sessions() as session:
+        with _reading(), self._sessions() as session:
             return self.present_in(session, subject, kinds, as_of)
 
     def present_in(
@@ -57,7 +65,7 @@ class SqlCertificateRegistry:
     ) -> list[frozenset[CertificateKind]]:
         """``present`` for many applications at one instant, in a few queries (a slot's batch)."""
         vehicles = sorted({subject.vehicle for subject, _ in requests})
-        with self._sessions() as session:
+        with _reading(), self._sessions() as session:
             safety = _by_vehicle(
                 _safety(r)
                 for part in _chunks(vehicles)
@@ -146,6 +154,17 @@ class SqlCertificateRegistry:
 
 
 CHUNK = 500  # parameters per IN (...) list
+
+
+@contextmanager
+def _reading() -> Iterator[None]:
+    """A failed read of Kei-MOTAS (connection, timeout, missing view) is one error type."""
+    try:
+        yield
+    except DBAPIError as exc:
+        raise RegistryUnavailable(
+            f"Kei-MOTAS registry unreadable: {type(exc.orig).__name__}: {str(exc.orig)[:200]}"
+        ) from exc
 
 
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -34,6 +35,12 @@ def secret_from_env(environ: dict[str, str] | None = None) -> str:
     """``RETRY_PIPELINE_WEB_SECRET``, refused when missing or shorter than 32 characters."""
     env = os.environ if environ is None else environ
     secret = env.get(SECRET_ENV, "")
+    path = env.get(f"{SECRET_ENV}_FILE", "").strip()
+    if not secret.strip() and path:  # compose secrets: the value sits in a file
+        try:
+            secret = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{SECRET_ENV}_FILE {path}: {exc.strerror}") from None
     if len(secret.strip()) < MIN_SECRET:
         raise ConfigError(
             f"{SECRET_ENV} must be set to at least {MIN_SECRET} characters "

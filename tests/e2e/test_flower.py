@@ -24,6 +24,7 @@ import pytest
 from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.client import report_missing
 from simulation.redis_server import free_port
+from tests.conftest import create_registry_standin_at
 
 pytest.importorskip("flower")
 pytestmark = pytest.mark.e2e
@@ -50,8 +51,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _get(url: str, auth: str | None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url)
+def _get(url: str, auth: str | None, method: str = "GET") -> tuple[int, bytes]:
+    data = b"{}" if method == "POST" else None
+    request = urllib.request.Request(url, data=data, method=method)
     if auth:
         request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
     try:
@@ -67,6 +69,7 @@ def _get(url: str, auth: str | None) -> tuple[int, bytes]:
 def flower(broker_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
     database_url = f"sqlite:///{tmp_path / 'flower.sqlite3'}"
     upgrade(database_url)
+    create_registry_standin_at(database_url)
     queue = f"flower-{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETRY_PIPELINE_")}
     env.update({
@@ -91,7 +94,11 @@ def flower(broker_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
         env,
         tmp_path / "worker.log",
     )
-    web = _start(["flower", f"--port={port}", "--address=127.0.0.1", f"--basic-auth={AUTH}"],
+    # As in compose: flowerconfig.py (read only), credentials from a file, none on argv.
+    auth_file = tmp_path / "flower_basic_auth"
+    auth_file.write_text(AUTH + "\n")
+    env["RETRY_PIPELINE_FLOWER_BASIC_AUTH_FILE"] = str(auth_file)
+    web = _start(["flower", f"--port={port}", "--address=127.0.0.1"],
                  env, tmp_path / "flower.log")  # fmt: skip
     try:
         yield f"http://127.0.0.1:{port}", queue
@@ -105,7 +112,7 @@ def test_flower_shows_the_pipeline_tasks_behind_basic_auth(
 ) -> None:
     base, queue = flower
     deadline = time.monotonic() + 60
-    while _get(f"{base}/healthcheck", None)[0] != 200:
+    while _get(f"{base}/healthcheck", AUTH)[0] != 200:
         assert time.monotonic() < deadline, "Flower did not start"
         time.sleep(0.2)
     assert _get(f"{base}/api/tasks", None)[0] == 401  # basic auth is required
@@ -124,3 +131,27 @@ def test_flower_shows_the_pipeline_tasks_behind_basic_auth(
         status, body = _get(f"{base}/api/tasks", AUTH)
         assert status == 200
         names = {task.get("name") for task in json.loads(body or b"{}").values()}
+
+
+def test_flower_is_read_only_and_metrics_need_auth(flower: tuple[str, str]) -> None:
+    """Issue 13: no task can be applied or revoked through Flower; /metrics needs the login."""
+    base, _ = flower
+    deadline = time.monotonic() + 60
+    while _get(f"{base}/healthcheck", AUTH)[0] != 200:
+        assert time.monotonic() < deadline, "Flower did not start"
+        time.sleep(0.2)
+    assert _get(f"{base}/healthcheck", None)[0] == 401
+    assert _get(f"{base}/metrics", None)[0] == 401
+    assert _get(f"{base}/metrics", "ops:wrong")[0] == 401
+    status, body = _get(f"{base}/metrics", AUTH)
+    assert status == 200 and b"flower" in body
+    for path in (
+        "/api/task/async-apply/retry_pipeline.close",
+        "/api/task/apply/retry_pipeline.close",
+        "/api/task/send-task/retry_pipeline.close",
+        "/api/task/revoke/some-task-id",
+        "/api/worker/shutdown/celery@host",
+        "/api/worker/pool/restart/celery@host",
+    ):
+        assert _get(f"{base}{path}", AUTH, "POST")[0] == 403, path
+    assert _get(f"{base}/api/workers", AUTH)[0] == 200  # reading still works

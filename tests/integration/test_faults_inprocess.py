@@ -71,6 +71,7 @@ from retry_pipeline.model import (
 )
 from retry_pipeline.ports import CertificateRegistry
 from retry_pipeline.service.pipeline import Pipeline
+from tests.conftest import create_registry_standin_at
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 ROOT = Path(__file__).resolve().parents[2]
@@ -518,6 +519,7 @@ def pg_url(postgres_server_url: str) -> str:
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
     upgrade(postgres_server_url)
+    create_registry_standin_at(postgres_server_url)
     return postgres_server_url
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from retry_pipeline.adapters.db import make_engine
 from retry_pipeline.adapters.migrate import alembic_config, downgrade, upgrade
-from retry_pipeline.adapters.orm import Base
+from retry_pipeline.adapters.orm import Base, RegistryBase, create_registry_standin
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.model import (
     Application,
@@ -35,7 +35,12 @@ from retry_pipeline.model import (
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout, where alembic.ini is
 TOKYO = ZoneInfo("Asia/Tokyo")
-TABLES = set(Base.metadata.tables)  # every table the ORM declares
+TABLES = set(Base.metadata.tables)  # every table of the pipeline's own schema
+KEIMOTAS = {
+    "keimotas_safety_certificate",
+    "keimotas_insurance_certificate",
+    "keimotas_completion_certificate",
+}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -109,16 +114,29 @@ def use_store(url: str) -> None:
 
 
 def test_orm_declares_the_retry_tables() -> None:
-    """R4/R5/DESIGN 5: retry table, history, outbox, close signals and Kei-MOTAS tables."""
+    """R4/R5/DESIGN 5: retry table, history, outbox, close signals, heartbeats; Kei-MOTAS apart."""
     assert {
         "retry_chain",
         "retry_history",
         "outbox",
         "close_signal",
-        "keimotas_safety_certificate",
-        "keimotas_insurance_certificate",
-        "keimotas_completion_certificate",
+        "dead_letter",
+        "heartbeat",
     } <= TABLES
+    assert set(RegistryBase.metadata.tables) == KEIMOTAS
+    assert not KEIMOTAS & TABLES
+
+
+def test_migrations_do_not_create_the_keimotas_tables(fresh_url: str) -> None:
+    """Kei-MOTAS is another system (docs/registry.md): only its stand-in creates them."""
+    upgrade(fresh_url)
+    assert not tables(fresh_url) & KEIMOTAS
+    engine = make_engine(fresh_url)
+    create_registry_standin(engine)
+    engine.dispose()
+    assert tables(fresh_url) >= KEIMOTAS
+    upgrade(fresh_url)  # a stand-in beside the pipeline's tables changes nothing
+    assert current_revision(fresh_url) == head()
 
 
 def test_empty_database_differs_from_the_orm(fresh_url: str) -> None:

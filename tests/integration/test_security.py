@@ -395,6 +395,11 @@ SECRET_ASSIGNMENT = re.compile(
 REQUIREPASS_ARG = re.compile(r"--requirepass[\"']?\s*,?\s*[\"']?([^\s\"',\]]+)")
 
 
+def _names_a_secret_file(value: str) -> bool:
+    """Compose's `secrets:` lists and `{file: ...}`, or a path of a mounted secret file."""
+    return value.startswith(("[", "{", "/run/secrets/", "./secrets/"))
+
+
 def secret_literals(text: str) -> list[str]:
     """Password-looking literals: anything not taken from the environment."""
     found = []
@@ -405,7 +410,12 @@ def secret_literals(text: str) -> list[str]:
             if password != "<env>":
                 found.append(raw_line.strip())
         for _key, value in SECRET_ASSIGNMENT.findall(line):
-            if value and value != "<env>" and not value.startswith("$"):
+            if (
+                value
+                and value != "<env>"
+                and not value.startswith("$")
+                and not _names_a_secret_file(value)
+            ):
                 found.append(raw_line.strip())
         for value in REQUIREPASS_ARG.findall(line):
             if value != "<env>" and not value.startswith("$"):
@@ -428,6 +438,10 @@ def secret_literals(text: str) -> list[str]:
         ('broker_url = "redis://:s3cr3t@localhost:6379/0"', True),
         ('broker_url = _env("RETRY_PIPELINE_BROKER_URL", "redis://127.0.0.1:6379/0")', False),
         ("# FLOWER_BASIC_AUTH=user:pass in a comment", False),
+        ("  POSTGRES_PASSWORD_FILE: /run/secrets/postgres_password", False),
+        ("  postgres_password: {file: ./secrets/postgres_password}", False),
+        ("    secrets: [postgres_password]", False),
+        ("  POSTGRES_PASSWORD_FILE: hunter2", True),
     ],
 )
 def test_secret_scan_tells_literals_from_environment(line: str, secret: bool) -> None:
@@ -487,12 +501,16 @@ def compose_services() -> dict[str, str]:
     return {name: "\n".join(lines) for name, lines in services.items()}
 
 
-def test_compose_takes_passwords_from_required_variables() -> None:
+def test_compose_takes_passwords_from_secret_files() -> None:
+    """Issue 13: secrets are files (compose secrets), never variables or argv."""
     text = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
-    assert "redis://:${REDIS_PASSWORD:?" in text
-    assert '"--requirepass", "${REDIS_PASSWORD:?' in text
-    assert "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?" in text
-    assert re.search(r"postgresql\+psycopg://retry:\$\{POSTGRES_PASSWORD:\?[^}]*\}@", text)
+    assert "POSTGRES_PASSWORD_FILE: /run/secrets/postgres_password" in text
+    assert "RETRY_PIPELINE_DATABASE_URL_FILE: /run/secrets/database_url" in text
+    assert "RETRY_PIPELINE_BROKER_URL_FILE: /run/secrets/broker_url" in text
+    assert "requirepass" not in text and "REDIS_PASSWORD" not in text
+    assert not re.search(r"postgresql\+psycopg://[^\s]*@", text)
+    conf = (ROOT / "deploy" / "redis.conf").read_text(encoding="utf-8")
+    assert "aclfile /run/secrets/redis_users_acl" in conf
 
 
 def test_flower_runs_only_behind_basic_auth_from_the_environment() -> None:
@@ -501,15 +519,18 @@ def test_flower_runs_only_behind_basic_auth_from_the_environment() -> None:
                    or '"flower"' in block}  # fmt: skip
     assert runs_flower, "docker-compose.yml has no Flower service"
     for name, block in runs_flower.items():
-        assert "--basic-auth=${FLOWER_BASIC_AUTH:?" in block, f"{name}: Flower without basic auth"
+        # credentials from a secret file read by flowerconfig.py, never on the command line
+        assert "RETRY_PIPELINE_FLOWER_BASIC_AUTH_FILE: /run/secrets/flower_basic_auth" in block
+        assert "--basic-auth" not in block, f"{name}: credentials on the command line"
         ports = re.findall(r"(\d+(?:\.\d+){3}:)?\d+:5555", block)
         assert all(p for p in ports), f"{name}: Flower published on every interface"
+    assert "basic_auth = configure()" in (ROOT / "flowerconfig.py").read_text(encoding="utf-8")
 
 
 def test_readme_documents_a_broker_url_with_a_password() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert re.search(r"redis://:[A-Z_<>${}]+@", readme)
-    assert "REDIS_PASSWORD" in readme
+    assert re.search(r"redis://[A-Za-z]*:[A-Z_<>${}]+@", readme)
+    assert "RETRY_PIPELINE_BROKER_URL_FILE" in readme
 
 
 # --- a broker URL with a password -----------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, time
+from pathlib import Path
 
 import pytest
 
@@ -180,3 +181,70 @@ def test_direct_construction_is_checked_too() -> None:
         Settings(opening=time(12, 0), close=time(12, 0))
     with pytest.raises(ConfigError):
         Settings(step_min=11)
+
+
+# -- issue 13: secrets as files, the registry URL, signing, masked URLs ----------------
+
+
+def test_secret_settings_read_from_files(tmp_path: Path) -> None:
+    (tmp_path / "db").write_text("postgresql+psycopg://retry:pw@db/retry\n")
+    (tmp_path / "broker").write_text("redis://pipeline:pw@redis:6379/0")
+    s = Settings.from_env(
+        {
+            "RETRY_PIPELINE_DATABASE_URL_FILE": str(tmp_path / "db"),
+            "RETRY_PIPELINE_BROKER_URL_FILE": str(tmp_path / "broker"),
+        }
+    )
+    assert s.database_url == "postgresql+psycopg://retry:pw@db/retry"
+    assert s.broker_url == "redis://pipeline:pw@redis:6379/0"
+    assert s.registry_database_url == s.database_url  # the registry defaults to it
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"RETRY_PIPELINE_DATABASE_URL": "sqlite://", "RETRY_PIPELINE_DATABASE_URL_FILE": "x"},
+            "not both",
+        ),
+        ({"RETRY_PIPELINE_BROKER_URL_FILE": "/nonexistent/broker"}, "cannot read"),
+        ({"RETRY_PIPELINE_QUEUE_FILE": "/tmp/x"}, "unknown setting"),  # only secrets have one
+        ({"RETRY_PIPELINE_SECURITY_KEY": "k.pem"}, "go together"),
+    ],
+)
+def test_bad_secret_and_signing_settings_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_registry_url_and_signing_settings() -> None:
+    s = Settings.from_env(
+        {
+            "RETRY_PIPELINE_REGISTRY_URL": "postgresql+psycopg://ro@kmt/keimotas",
+            "RETRY_PIPELINE_SECURITY_KEY": "p.key",
+            "RETRY_PIPELINE_SECURITY_CERTIFICATE": "p.pem",
+            "RETRY_PIPELINE_SECURITY_CERT_STORE": "trusted",
+        }
+    )
+    assert s.registry_database_url == "postgresql+psycopg://ro@kmt/keimotas"
+    assert s.signing
+    assert not Settings().signing
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:secret@redis:6379/0", "redis://:**@redis:6379/0"),
+        ("redis://examination:secret@h:6380/0", "redis://examination:**@h:6380/0"),
+        (
+            "postgresql+psycopg://retry:secret@pg:5432/retry",
+            "postgresql+psycopg://retry:**@pg:5432/retry",
+        ),
+        ("sqlite:///var/x.sqlite3", "sqlite:///var/x.sqlite3"),
+    ],
+)
+def test_urls_are_masked(url: str, shown: str) -> None:
+    from retry_pipeline.redact import mask_url
+
+    assert mask_url(url) == shown
+    assert "secret" not in mask_url(url)

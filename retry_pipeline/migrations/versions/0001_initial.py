@@ -1,4 +1,7 @@
-"""retry table, history, outbox, close signals, Kei-MOTAS
+"""retry table, history, outbox, close signals
+
+The Kei-MOTAS tables are not the pipeline's: this revision no longer creates them
+(docs/registry.md). A database migrated before keeps them untouched; nothing drops them.
 
 Revision ID: 0001
 Revises:
@@ -34,56 +37,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index(op.f("ix_close_signal_day"), "close_signal", ["day"], unique=False)
-    op.create_table(
-        "keimotas_completion_certificate",
-        sa.Column("id", sa.String(length=64), nullable=False),
-        sa.Column("vehicle", sa.String(length=64), nullable=False),
-        sa.Column("issued_on", sa.Date(), nullable=False),
-        sa.Column("used_by", sa.String(length=64), nullable=True),
-        sa.Column("deleted_at", retry_pipeline.adapters.orm.UTCDateTime(), nullable=True),
-        sa.Column("available_at", retry_pipeline.adapters.orm.UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    op.create_index(
-        op.f("ix_keimotas_completion_certificate_vehicle"),
-        "keimotas_completion_certificate",
-        ["vehicle"],
-        unique=False,
-    )
-    op.create_table(
-        "keimotas_insurance_certificate",
-        sa.Column("id", sa.String(length=64), nullable=False),
-        sa.Column("insurer_id", sa.String(length=64), nullable=False),
-        sa.Column("insurance_no", sa.String(length=64), nullable=False),
-        sa.Column("vehicle", sa.String(length=64), nullable=False),
-        sa.Column("deleted_at", retry_pipeline.adapters.orm.UTCDateTime(), nullable=True),
-        sa.Column("available_at", retry_pipeline.adapters.orm.UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    op.create_index(
-        "ix_insurance_key",
-        "keimotas_insurance_certificate",
-        ["insurer_id", "insurance_no"],
-        unique=False,
-    )
-    op.create_table(
-        "keimotas_safety_certificate",
-        sa.Column("id", sa.String(length=64), nullable=False),
-        sa.Column("vehicle", sa.String(length=64), nullable=False),
-        sa.Column("inspected_on", sa.Date(), nullable=False),
-        sa.Column("insurer_id", sa.String(length=64), nullable=False),
-        sa.Column("insurance_no", sa.String(length=64), nullable=False),
-        sa.Column("used_by", sa.String(length=64), nullable=True),
-        sa.Column("deleted_at", retry_pipeline.adapters.orm.UTCDateTime(), nullable=True),
-        sa.Column("available_at", retry_pipeline.adapters.orm.UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    op.create_index(
-        op.f("ix_keimotas_safety_certificate_vehicle"),
-        "keimotas_safety_certificate",
-        ["vehicle"],
-        unique=False,
-    )
     op.create_table(
         "outbox",
         sa.Column(
@@ -173,17 +126,6 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_outbox_sent_at"), table_name="outbox")
     op.drop_index(op.f("ix_outbox_application"), table_name="outbox")
     op.drop_table("outbox")
-    op.drop_index(
-        op.f("ix_keimotas_safety_certificate_vehicle"), table_name="keimotas_safety_certificate"
-    )
-    op.drop_table("keimotas_safety_certificate")
-    op.drop_index("ix_insurance_key", table_name="keimotas_insurance_certificate")
-    op.drop_table("keimotas_insurance_certificate")
-    op.drop_index(
-        op.f("ix_keimotas_completion_certificate_vehicle"),
-        table_name="keimotas_completion_certificate",
-    )
-    op.drop_table("keimotas_completion_certificate")
     op.drop_index(op.f("ix_close_signal_day"), table_name="close_signal")
     op.drop_table("close_signal")
     # ### end Alembic commands ###

@@ -1,0 +1,185 @@
+"""Kei-MOTAS unreachable under a real worker (issue 13): the slot waits and retries in the slot.
+
+PostgreSQL twice: the pipeline's database, and Kei-MOTAS on a second database reached
+through a TCP proxy the test cuts. A chain is due at 08:40 (the worker's clock is a
+clock file at 08:40:20). While the proxy is down the worker's ``attempt_slot`` decides
+nothing and tries again with a back-off; once the proxy is back, the same slot
+resumes the chain. No attempt is counted on a failed read, no dead letter is left.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from celery import Celery
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from retry_pipeline.adapters.migrate import upgrade
+from retry_pipeline.bootstrap import bootstrap
+from retry_pipeline.clock import FileClock, FixedClock
+from retry_pipeline.config import Settings
+from retry_pipeline.model import Application, CertificateKind, Procedure, Report, SafetyCertificate
+from simulation.redis_server import PrivateRedis, start_private_redis
+from tests.conftest import create_registry_standin_at
+from tests.integration.test_faults_inprocess import TcpProxy
+from tests.integration.test_registry_external import Sent, insert_certificate
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKYO = ZoneInfo("Asia/Tokyo")
+IN_CI = bool(os.environ.get("CI"))
+DETECTED = datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO)
+SLOT = datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)
+DEADLINE_S = 60.0
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+@pytest.fixture(scope="module")
+def private_redis() -> Iterator[PrivateRedis]:
+    try:
+        server = start_private_redis()
+    except RuntimeError as exc:
+        if IN_CI:
+            pytest.fail(f"these tests need a redis-server under CI: {exc}")
+        pytest.skip(f"no redis-server to start ({exc})")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def databases(postgres_server_url: str) -> Iterator[tuple[str, str]]:
+    """(pipeline database, Kei-MOTAS database): both fresh."""
+    admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    name = f"rp_kmt_outage_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    keimotas = make_url(postgres_server_url).set(database=name)
+    upgrade(postgres_server_url)
+    create_registry_standin_at(keimotas.render_as_string(hide_password=False))
+    try:
+        yield postgres_server_url, keimotas.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def query(url: str, sql: str) -> list[Any]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(sql)).all())
+    finally:
+        engine.dispose()
+
+
+def wait_until(
+    probe: Callable[[], Any], what: str, log: Path, proc: subprocess.Popen[bytes]
+) -> Any:
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        value = probe()
+        if value:
+            return value
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{what}: not reached\n{log.read_text(errors='replace')[-5000:]}")
+        time.sleep(0.1)
+
+
+def test_slot_waits_while_keimotas_is_down_and_decides_once_it_is_back(
+    private_redis: PrivateRedis, databases: tuple[str, str], tmp_path: Path
+) -> None:
+    pipeline_url, keimotas_url = databases
+    target = make_url(keimotas_url)
+    proxy = TcpProxy((target.host or "127.0.0.1", target.port or 5432))
+    proxy.start()
+    proxied = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    # The chain: continuous, safety missing, due at 08:40; the certificate came at 08:38.
+    vehicle = f"JA11-{uuid.uuid4().hex[:6]}"
+    insert_certificate(
+        keimotas_url,
+        SafetyCertificate(
+            id=f"S-{uuid.uuid4().hex[:8]}", vehicle=vehicle, inspected_on=date(2026, 11, 20),
+            insurer_id="INS-1", insurance_no="NO-1", available_at=SLOT - timedelta(minutes=2),
+        ),
+    )  # fmt: skip
+    application = f"OSS-2026-K{uuid.uuid4().hex[:5]}"
+    subject = Application(application, "KEI-OSAKA", Procedure.CONTINUOUS, vehicle)
+    sent = Sent()
+    intake = bootstrap(
+        Settings(database_url=pipeline_url, registry_url=keimotas_url), None,
+        clock=FixedClock(DETECTED + timedelta(seconds=5)), dispatcher=sent, gateway=sent,
+    )  # fmt: skip
+    kinds = frozenset({CertificateKind.SAFETY})
+    intake.accept_report(Report(subject, kinds, frozenset({CertificateKind.INSURANCE}), DETECTED))
+    intake.store.engine.dispose()
+    clock_file = tmp_path / "clock.json"
+    FileClock.write(clock_file, SLOT + timedelta(seconds=20), 1.0)
+    queue = f"outage-{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRY_PIPELINE_")}
+    env.update(
+        RETRY_PIPELINE_DATABASE_URL=pipeline_url,
+        RETRY_PIPELINE_REGISTRY_URL=proxied,
+        RETRY_PIPELINE_BROKER_URL=private_redis.url,
+        RETRY_PIPELINE_QUEUE=queue,
+        RETRY_PIPELINE_EXAMINATION_QUEUE=f"{queue}-examination",
+        RETRY_PIPELINE_CLOCK_FILE=str(clock_file),
+        PYTHONPATH=str(ROOT),
+    )
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "retry_pipeline.tasks", "worker", "-Q", queue,
+             "-P", "solo", "-n", f"{queue}@%h", "--without-gossip", "--without-mingle",
+             "--loglevel", "INFO"],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    app = Celery("sender", broker=private_redis.url, set_as_current=False)
+    try:
+        wait_until(lambda: " ready." in log.read_text(errors="replace"), "ready", log, worker)
+        proxy.stop()  # Kei-MOTAS unreachable
+        app.send_task("retry_pipeline.attempt_slot", args=[SLOT.isoformat()], queue=queue)
+        wait_until(
+            lambda: log.read_text(errors="replace").count("waits") >= 2,
+            "two waits in the slot", log, worker,
+        )  # fmt: skip
+        chain = query(pipeline_url, "SELECT attempts_made FROM retry_chain")
+        assert chain == [(0,)]  # nothing decided, nothing counted on a failed read
+        assert query(pipeline_url, "SELECT count(*) FROM outbox") == [(0,)]
+        proxy.start()  # back
+        wait_until(
+            lambda: query(pipeline_url, "SELECT outcome FROM outbox"), "an outcome", log, worker
+        )
+        assert query(pipeline_url, "SELECT outcome, application FROM outbox") == [
+            ("resumed", application)
+        ]
+        assert query(pipeline_url, "SELECT count(*) FROM retry_chain") == [(0,)]
+        assert query(pipeline_url, "SELECT count(*) FROM dead_letter") == [(0,)]
+        slots = query(pipeline_url, "SELECT slot FROM retry_history WHERE attempt_no = 1")
+        assert len(slots) == 1  # attempt 1, once, at 08:40
+    finally:
+        app.close()
+        proxy.stop()
+        if worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(timeout=15)
