@@ -28,7 +28,7 @@ from sqlalchemy import func, insert, select
 from retry_pipeline import names
 from retry_pipeline.adapters.db import make_engine
 from retry_pipeline.adapters.migrate import upgrade
-from retry_pipeline.adapters.orm import ChainRow, HistoryRow
+from retry_pipeline.adapters.orm import ChainRow, HistoryRow, create_registry_standin
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.calendar import BusinessCalendar, parse_instant
 from retry_pipeline.client import report_missing, report_missing_many
@@ -55,6 +55,7 @@ class Bench:
         self.database_url = database_url or f"sqlite:///{workdir / 'bench.sqlite3'}"
         upgrade(self.database_url)
         self.engine = make_engine(self.database_url)
+        create_registry_standin(self.engine)  # Kei-MOTAS is external: the bench stands in
         self.store = RetryStore(self.engine)
         self.clock_file = workdir / "clock.json"
         FileClock.write(self.clock_file, SLOT - timedelta(minutes=5), 1.0)
