@@ -26,7 +26,7 @@ from celery import Celery
 from sqlalchemy import create_engine, text
 
 from retry_pipeline.adapters.migrate import upgrade
-from retry_pipeline.client import REPORT_TASK
+from retry_pipeline.names import REPORT_MISSING as REPORT_TASK
 from retry_pipeline.signing import UNSIGNED_WARNING, create_keypair
 from simulation.redis_server import PrivateRedis, start_private_redis
 from tests.conftest import create_registry_standin_at
