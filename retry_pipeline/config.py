@@ -37,6 +37,8 @@ class Settings:
     beat_max_interval_s: float = 5.0
     # Countdowns never exceed one slot (10 min); redelivery after an hour is far beyond that.
     visibility_timeout_s: int = 3600
+    # R4a: a report that reaches the pipeline longer than this after its detection is stale.
+    stale_after_s: int = 86_400
 
     def __post_init__(self) -> None:
         if self.step_min <= 0 or 24 * 60 % self.step_min:
@@ -49,6 +51,8 @@ class Settings:
             raise ConfigError(f"CLOSE {self.close} must be after OPENING {self.opening}")
         if self.safety_validity_days < 1 or self.completion_validity_months < 1:
             raise ConfigError("validity periods must be at least one day / one month")
+        if self.stale_after_s <= 0:
+            raise ConfigError(f"STALE_AFTER_S must be > 0 seconds, got {self.stale_after_s}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -94,6 +98,7 @@ _INTS = (
     "SAFETY_VALIDITY_DAYS",
     "COMPLETION_VALIDITY_MONTHS",
     "VISIBILITY_TIMEOUT_S",
+    "STALE_AFTER_S",
 )
 _TEXT = (
     "DATABASE_URL",

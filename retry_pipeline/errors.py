@@ -33,3 +33,11 @@ class StoreError(RetryPipelineError):
 
 class DuplicateRecord(StoreError):
     """An insert met a record another transaction wrote first (R4: one per application)."""
+
+
+class MessageRefused(RetryPipelineError):
+    """A message was refused and is already kept as a dead letter.
+
+    Its task fails with this error, whose message is the reason, so Flower lists it
+    under Failed; it is expected (no retry, no second dead letter, no traceback).
+    """
