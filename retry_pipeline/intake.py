@@ -77,7 +77,9 @@ def decide_report(
                 f"conflicting report (R4): {report.subject.application} has a live chain with "
                 f"{'; '.join(differ)}; refused, the live chain is unchanged",
             )
-        if stale and not _repeats(report, chain):
+        if _repeats(report, chain):  # the chain's own report again (a redelivery)
+            return ReportDecision(Action.MERGE, "R4: merged")
+        if stale:
             return ReportDecision(Action.REFUSE, stale)
         # R3: a certificate seen present (by pre-review or an attempt) and missing now.
         lost = report.missing & (
@@ -134,8 +136,15 @@ def _r3(lost: frozenset[CertificateKind]) -> str:
 
 
 def _repeats(report: Report, chain: Chain) -> bool:
-    """The report adds nothing the live record does not hold (a redelivery)."""
-    return report.missing <= chain.missing and report.confirmed <= chain.confirmed | chain.found
+    """A report detected no later than the live chain's, naming nothing it does not hold:
+    the chain's own report delivered again. It never ends the chain by R3, even when an
+    attempt has found one of its certificates since."""
+    held = chain.missing | chain.found
+    return (
+        report.detected_at <= chain.detected_at
+        and report.missing <= held
+        and report.confirmed <= chain.confirmed | chain.found
+    )
 
 
 def _stale_reason(

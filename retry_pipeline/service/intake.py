@@ -150,7 +150,7 @@ class _Writes:
             assert chain is not None
             merged = replace(
                 chain,
-                missing=chain.missing | report.missing,
+                missing=chain.missing | (report.missing - chain.found),  # a repeat adds none
                 confirmed=chain.confirmed | report.confirmed,
                 version=chain.version + 1,
             )

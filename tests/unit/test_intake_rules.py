@@ -401,3 +401,27 @@ def test_stale_after_setting_from_the_environment() -> None:
         Settings.from_env({"RETRY_PIPELINE_STALE_AFTER_S": "a day"})
     with pytest.raises(ConfigError, match="STALE_AFTER_S must be > 0"):
         Settings.from_env({"RETRY_PIPELINE_STALE_AFTER_S": "0"})
+
+
+def test_the_live_chains_own_report_delivered_again_merges_after_an_attempt_found_part_of_it(
+    cal: BusinessCalendar,
+) -> None:
+    """Not R3: the certificate was found after this report was made (a redelivery)."""
+    first = report({SAFETY, INSURANCE}, fri(8, 36))
+    live = live_chain(first, SAME_DAY_0840, found={INSURANCE})
+    live = replace(live, missing=frozenset({SAFETY}))
+    d = decide_report(first, RETRY, Known(live=live, found_before=frozenset({INSURANCE})), cal,
+                      (), arrived_at=fri(9, 5))  # fmt: skip
+    assert d == ReportDecision(Action.MERGE, "R4: merged")
+
+
+def test_a_later_report_naming_a_certificate_found_since_still_ends_the_chain(
+    cal: BusinessCalendar,
+) -> None:
+    live = replace(
+        live_chain(report({SAFETY, INSURANCE}, fri(8, 36)), SAME_DAY_0840, found={INSURANCE}),
+        missing=frozenset({SAFETY}),
+    )
+    d = decide_report(report({INSURANCE}, fri(8, 51)), RETRY, Known(live=live), cal, ())
+    assert d.action is Action.END
+    assert d.lost == {INSURANCE}
