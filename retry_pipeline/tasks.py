@@ -22,6 +22,7 @@ from retry_pipeline.config import Settings
 from retry_pipeline.errors import InvalidInstant, InvalidReport, MessageRefused
 from retry_pipeline.messages import parse_report
 from retry_pipeline.schedules import GridSchedule
+from retry_pipeline.service.intake import Accepted
 from retry_pipeline.service.letters import raw_text
 from retry_pipeline.service.pipeline import Pipeline
 
@@ -93,7 +94,7 @@ def _sent_at(request: Any) -> Any:
         return None
 
 
-def _accepted(accepted: Any) -> dict[str, Any]:
+def _accepted(accepted: Accepted) -> dict[str, Any]:
     next_slot = accepted.next_slot
     return {
         "status": "retry" if accepted.retry else "auto_corrected",
@@ -135,11 +136,10 @@ def report_missing_batch(self: Any, reports: Any) -> dict[str, Any]:
     refusals: list[dict[str, Any]] = []
 
     def refuse(index: int, reason: str, message: Any) -> None:
-        letter = _keep(task, reason, message)
-        if len(refusals) < SHOWN_REFUSALS:
-            application = message.get("application") if isinstance(message, dict) else None
-            refusals.append({"index": index, "application": application, "reason": reason,
-                             "dead_letter": letter})  # fmt: skip
+        letter = _keep(task, reason, message)  # at most MAX_BATCH of them
+        application = message.get("application") if isinstance(message, dict) else None
+        refusals.append({"index": index, "application": application, "reason": reason,
+                         "dead_letter": letter})  # fmt: skip
 
     refused = 0
     for index, message in enumerate(reports):
@@ -154,7 +154,11 @@ def report_missing_batch(self: Any, reports: Any) -> dict[str, Any]:
             refuse(index, str(result), message)
             refused += 1
     refusals.sort(key=lambda r: int(r["index"]))
-    return {"accepted": len(reports) - refused, "refused": refused, "refusals": refusals}
+    return {
+        "accepted": len(reports) - refused,
+        "refused": refused,
+        "refusals": refusals[:SHOWN_REFUSALS],
+    }
 
 
 def _slot_of(task: str, slot: Any, payload: Any) -> Any:
