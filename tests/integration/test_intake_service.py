@@ -31,6 +31,7 @@ from retry_pipeline.model import (
     Certificate,
     CertificateKind,
     Chain,
+    CompletionCertificate,
     HistoryEntry,
     InsuranceCertificate,
     PendingOutcome,
@@ -43,6 +44,7 @@ from retry_pipeline.service.pipeline import Pipeline
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 SAFETY, INSURANCE = CertificateKind.SAFETY, CertificateKind.INSURANCE
+COMPLETION = CertificateKind.COMPLETION
 INSPECTED = date(2026, 11, 20)  # R2: valid 2026-11-20 .. 2026-12-04
 
 
@@ -119,7 +121,16 @@ class World:
 
 @pytest.fixture
 def world(db_url: str) -> Iterator[World]:
-    settings = Settings()
+    yield from _world(db_url, Settings())
+
+
+@pytest.fixture
+def new_world(db_url: str) -> Iterator[World]:
+    """New-inspection retries in force from Mon 2026-11-02 (R1)."""
+    yield from _world(db_url, Settings(new_inspection_retry_from=date(2026, 11, 2)))
+
+
+def _world(db_url: str, settings: Settings) -> Iterator[World]:
     store = RetryStore(make_engine(db_url))
     registry_engine = make_engine(db_url, write_lock=False)
     clock = FixedClock(fri(8, 0))
@@ -254,6 +265,31 @@ def test_r3_across_reports_inside_a_batch(world: World) -> None:
     assert accepted(results[0]).reason == "R3: insurance found present earlier, missing now"
     assert world.live(found_before.application) is None
     assert world.live(fresh.application) is not None
+
+
+def test_the_live_chains_own_report_again_after_a_partial_find_only_merges(
+    new_world: World,
+) -> None:
+    """New inspection, completion and insurance missing; the 08:50 attempt finds the
+    completion certificate. The same report delivered again at 09:05 (a redelivery) is not
+    R3: nothing is added, the chain goes on and resumes when the insurance comes."""
+    world = new_world
+    app = Application(uid("OSS"), "OFFICE-A", Procedure.NEW, uid("VIN"), "INS-1", uid("NO"))
+    world.add(
+        CompletionCertificate(uid("C"), app.vehicle, date(2026, 11, 1), fri(8, 45)),
+        InsuranceCertificate(uid("I"), "INS-1", str(app.insurance_no), app.vehicle, fri(9, 15)),
+    )
+    first = report(app, {COMPLETION, INSURANCE}, fri(8, 36))
+    world.at(fri(8, 36, 10))
+    accepted(world.report(first))
+    world.run_slots(fri(8, 40), fri(8, 50))
+    world.at(fri(9, 5))
+    again = accepted(world.report(first))
+    assert (again.action, jst(again.next_slot)) == (Action.MERGE, "2026-11-27T09:00:00+09:00")
+    chain = world.live(app.application)
+    assert chain is not None and chain.missing == {INSURANCE} and chain.found == {COMPLETION}
+    world.run_slots(fri(9, 0), fri(9, 20))
+    assert world.outcomes.of(app.application) == [("resumed", [], "2026-11-27T09:20:00+09:00")]
 
 
 def test_found_present_reads_every_chain_and_report_of_the_applications(world: World) -> None:
