@@ -155,7 +155,7 @@ class _Writes:
                 version=chain.version + 1,
             )
             (self.new if chain.chain_id in self.new else self.changed)[chain.chain_id] = merged
-            added = ", ".join(sorted_kinds(report.missing - chain.missing))
+            added = ", ".join(sorted_kinds(merged.missing - chain.missing))
             self._line(merged, Event.MERGED, None, None, report, f"added {added or 'nothing'}")
             accepted = Accepted(chain.chain_id, True, False, d.reason, chain.cursor.slot, d.action)
             return accepted, replace(known, live=merged)

@@ -288,6 +288,8 @@ def test_the_live_chains_own_report_again_after_a_partial_find_only_merges(
     assert (again.action, jst(again.next_slot)) == (Action.MERGE, "2026-11-27T09:00:00+09:00")
     chain = world.live(app.application)
     assert chain is not None and chain.missing == {INSURANCE} and chain.found == {COMPLETION}
+    merged = [h.detail for h in world.history(app.application) if h.event == "merged"]
+    assert merged == ["added nothing"]
     world.run_slots(fri(9, 0), fri(9, 20))
     assert world.outcomes.of(app.application) == [("resumed", [], "2026-11-27T09:20:00+09:00")]
 
