@@ -13,12 +13,16 @@ Signed messages (docs/security.md): with ``RETRY_PIPELINE_SECURITY_KEY``,
 certificate) and ``RETRY_PIPELINE_SECURITY_CERT_STORE`` (a folder holding the
 pipeline's certificate, to verify outcomes) set, or with ``signed_app(...)``, every
 report is signed. Celery registers one ``auth`` serializer per process: one key.
+
+Each message carries the instant it was sent (header ``retry_pipeline_sent_at``): a
+report that reaches the pipeline late is planned from then (R4a), time spent in the
+pipeline's own broker does not count.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
@@ -32,6 +36,11 @@ from retry_pipeline.names import (
 )
 
 _apps: dict[str, Celery] = {}
+SENT_AT_HEADER = "retry_pipeline_sent_at"  # read by retry_pipeline.tasks (R4a)
+
+
+def _sent(sent_at: datetime | None) -> dict[str, str]:
+    return {SENT_AT_HEADER: (sent_at or datetime.now(UTC)).isoformat()}
 
 
 def _app(broker_url: str | None) -> Celery:
@@ -77,12 +86,17 @@ def report_missing(
     broker_url: str | None = None,
     queue: str = DEFAULT_QUEUE,
     app: Celery | None = None,
+    sent_at: datetime | None = None,
 ) -> str:
-    """Send one missing-certificate report; returns the Celery task id."""
+    """Send one missing-certificate report; returns the Celery task id.
+
+    ``sent_at``: when it is sent (default now; a simulation passes its own clock).
+    """
     if not isinstance(report, dict):
         raise TypeError("a report is a dict with the fields of the message contract")
     body = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in report.items()}
-    result = (app or _app(broker_url)).send_task(REPORT_MISSING, args=[body], queue=queue)
+    sender = app or _app(broker_url)
+    result = sender.send_task(REPORT_MISSING, args=[body], queue=queue, headers=_sent(sent_at))
     return str(result.id)
 
 
@@ -93,6 +107,7 @@ def report_missing_many(
     queue: str = DEFAULT_QUEUE,
     app: Celery | None = None,
     batch: int = 200,
+    sent_at: datetime | None = None,
 ) -> list[str]:
     """Send many reports, ``batch`` per message (one transaction each); returns task ids."""
     if not 1 <= batch <= 500:
@@ -104,7 +119,10 @@ def report_missing_many(
             {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()}
             for r in reports[start : start + batch]
         ]
-        ids.append(str(sender.send_task(REPORT_MISSING_BATCH, args=[bodies], queue=queue).id))
+        result = sender.send_task(
+            REPORT_MISSING_BATCH, args=[bodies], queue=queue, headers=_sent(sent_at)
+        )
+        ids.append(str(result.id))
     return ids
 
 

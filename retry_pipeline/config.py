@@ -39,6 +39,8 @@ class Settings:
     # Countdowns never exceed one slot (10 min); redelivery after an hour is far beyond that.
     visibility_timeout_s: int = 3600
     heartbeat_s: float = 30.0  # how often beat and each worker record their heartbeat
+    # R4a: a report that reaches the pipeline longer than this after its detection is stale.
+    stale_after_s: int = 86_400
     # Message signing (docs/security.md): PEM files; all three set = signing on.
     security_key: str | None = None
     security_certificate: str | None = None
@@ -72,6 +74,8 @@ class Settings:
             )
         if self.heartbeat_s <= 0:
             raise ConfigError(f"HEARTBEAT_S must be > 0, got {self.heartbeat_s}")
+        if self.stale_after_s <= 0:
+            raise ConfigError(f"STALE_AFTER_S must be > 0 seconds, got {self.stale_after_s}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -153,6 +157,7 @@ _INTS = (
     "SAFETY_VALIDITY_DAYS",
     "COMPLETION_VALIDITY_MONTHS",
     "VISIBILITY_TIMEOUT_S",
+    "STALE_AFTER_S",
 )
 _TEXT = (
     "DATABASE_URL",

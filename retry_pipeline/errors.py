@@ -37,3 +37,10 @@ class DuplicateRecord(StoreError):
 
 class RegistryUnavailable(RetryPipelineError):
     """Kei-MOTAS could not be read (unreachable, timed out): decide nothing, try again."""
+
+class MessageRefused(RetryPipelineError):
+    """A message was refused and is already kept as a dead letter.
+
+    Its task fails with this error, whose message is the reason, so Flower lists it
+    under Failed; it is expected (no retry, no second dead letter, no traceback).
+    """

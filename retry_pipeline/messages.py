@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -22,9 +25,38 @@ from retry_pipeline.model import Application, CertificateKind, Procedure, Report
 
 MAX_PAYLOAD_BYTES = 16_384  # a report is a few hundred bytes; more is not a report
 
+PRINTABLE_ASCII = frozenset(chr(c) for c in range(0x20, 0x7F))
+
+
+def _nfkc(value: Any) -> Any:
+    """Compatibility forms fold to their plain letters first (ＯＳＳ-１ → OSS-1)."""
+    return unicodedata.normalize("NFKC", value) if isinstance(value, str) else value
+
+
+def _ascii(value: str) -> str:
+    """Ids are printable ASCII after NFKC: a look-alike (Cyrillic О for O) is another id."""
+    for position, char in enumerate(value):
+        if char not in PRINTABLE_ASCII:
+            name = unicodedata.name(char, "unnamed")
+            raise ValueError(
+                f"ids are printable ASCII after NFKC normalization; {char!r} "
+                f"(U+{ord(char):04X} {name}) at position {position} is not"
+            )
+    return value
+
+
+_IDENT_PATTERN = r"^[\w.:/-]+$"
 Ident = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[\w.:/-]+$"),
+    BeforeValidator(_nfkc),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=_IDENT_PATTERN),
+    AfterValidator(_ascii),
+]
+OfficeCode = Annotated[
+    str,
+    BeforeValidator(_nfkc),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=32, pattern=_IDENT_PATTERN),
+    AfterValidator(_ascii),
 ]
 
 
@@ -34,12 +66,7 @@ class ReportMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
     application: Ident
-    office: Annotated[
-        str,
-        StringConstraints(
-            strip_whitespace=True, min_length=1, max_length=32, pattern=r"^[\w.:/-]+$"
-        ),
-    ]
+    office: OfficeCode
     procedure: Procedure
     vehicle: Ident
     missing: Annotated[list[CertificateKind], Field(min_length=1, max_length=3)]

@@ -194,6 +194,8 @@ class HistoryEntry:
     detail: str
     recorded_at: datetime
     office: str = ""
+    found: tuple[str, ...] = ()  # R3: what this event saw present (attempt, report's confirmed)
+    late_s: int | None = None  # R4a: a report planned from its arrival, this late (seconds)
 
 
 def history_line(
@@ -205,6 +207,9 @@ def history_line(
     missing: frozenset[CertificateKind],
     detail: str,
     now: datetime,
+    *,
+    found: frozenset[CertificateKind] = frozenset(),
+    late_s: int | None = None,
 ) -> HistoryEntry:
     """A history line about ``subject`` (the detail is capped at 500 characters)."""
     return HistoryEntry(
@@ -217,6 +222,8 @@ def history_line(
         detail=detail[:500],
         recorded_at=now,
         office=subject.office,
+        found=tuple(sorted_kinds(found)),
+        late_s=late_s,
     )
 
 
@@ -226,6 +233,7 @@ class Ending:
 
     ``live``: the chain has a record to delete (False for a report decided at once).
     ``attempt_no``: the deciding attempt (None: decided by a report).
+    ``found``: what the deciding check saw present (R3: kept in the history).
     """
 
     chain_id: str
@@ -236,6 +244,7 @@ class Ending:
     reason: str
     attempt_no: int | None = None
     live: bool = True
+    found: frozenset[CertificateKind] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,11 @@ class History(Protocol):
         """(chain id, decided at) of each application's latest decision, if any."""
         ...
 
+    def found_present(self, applications: Sequence[str]) -> dict[str, frozenset[CertificateKind]]:
+        """R3: every certificate found present for each application (by an attempt of any
+        of its chains, or a report's ``confirmed``); applications with none are left out."""
+        ...
+
 
 class Outbox(Protocol):
     """Outcomes on their way to the examination side (DESIGN 5)."""

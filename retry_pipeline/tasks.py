@@ -10,20 +10,27 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from retry_pipeline import names, signing
-from retry_pipeline.calendar import BusinessCalendar, parse_instant
+from retry_pipeline.calendar import BusinessCalendar, format_instant, parse_instant
+from retry_pipeline.client import SENT_AT_HEADER
 from retry_pipeline.config import Settings
-from retry_pipeline.errors import InvalidInstant, InvalidReport, RegistryUnavailable
+from retry_pipeline.errors import (
+    InvalidInstant,
+    InvalidReport,
+    MessageRefused,
+    RegistryUnavailable,
+)
 from retry_pipeline.heartbeat import WorkerHeartbeat
 from retry_pipeline.logs import connect_celery
 from retry_pipeline.messages import parse_report
 from retry_pipeline.schedules import GridSchedule, retry_countdown
+from retry_pipeline.service.intake import Accepted
 from retry_pipeline.service.letters import raw_text
 from retry_pipeline.service.pipeline import Pipeline
 
@@ -37,6 +44,7 @@ connect_celery()  # RETRY_PIPELINE_LOG_FORMAT=json: worker and beat log JSON lin
 MAX_BATCH = 500
 # A read that failed: the attempt decides nothing and waits within its slot.
 UNREADABLE = (RegistryUnavailable, OperationalError, InterfaceError)
+SHOWN_REFUSALS = 200  # refusals a batch's result lists (the first ones), with their count
 
 # The database is unreachable: try again (about an hour in all), then a dead letter.
 DB_RETRY: dict[str, Any] = {
@@ -86,49 +94,92 @@ app.conf.beat_schedule = {
 app.conf.beat_max_loop_interval = settings().beat_max_interval_s
 
 
-def _refuse(task: str, reason: str, payload: Any) -> dict[str, Any]:
-    letter = service().keep_dead_letter(task, reason, raw_text(payload))
-    return {"status": "refused", "reason": reason, "dead_letter": letter}
+def _keep(task: str, reason: str, payload: Any) -> int:
+    return service().keep_dead_letter(task, reason, raw_text(payload))
 
 
-@app.task(name=names.REPORT_MISSING, **DB_RETRY)
-def report_missing(*args: Any, **fields: Any) -> dict[str, Any]:
-    """A missing-certificate report (R1, R3, R4): start, merge, or auto-correct at once."""
+def _refuse(task: str, reason: str, payload: Any) -> NoReturn:
+    """Keep the message as a dead letter, then fail the task with the reason (Flower)."""
+    letter = _keep(task, reason, payload)
+    raise MessageRefused(f"refused (dead letter #{letter}): {reason}")
+
+
+def _sent_at(request: Any) -> Any:
+    """R4a: when the sender put the message on the queue (its header), if it said so."""
+    value = request.get(SENT_AT_HEADER) if request is not None else None
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_instant(value)
+    except InvalidInstant:
+        return None
+
+
+def _accepted(accepted: Accepted) -> dict[str, Any]:
+    next_slot = accepted.next_slot
+    return {
+        "status": "retry" if accepted.retry else "auto_corrected",
+        "action": accepted.action.value,
+        "chain_id": accepted.chain_id,
+        "reason": accepted.reason,
+        "next_attempt": None if next_slot is None else format_instant(next_slot),
+    }
+
+
+@app.task(name=names.REPORT_MISSING, bind=True, **DB_RETRY)
+def report_missing(self: Any, *args: Any, **fields: Any) -> dict[str, Any]:
+    """A missing-certificate report (R1, R3, R4, R4a): start, merge, or auto-correct at once.
+
+    A refused report is kept as a dead letter and its task fails with the reason.
+    """
     message: Any = args[0] if len(args) == 1 and not fields else fields
     try:
         if len(args) > 1 or (args and fields):
             message = {"args": list(args), "kwargs": fields}
             raise InvalidReport(f"one report per message, got {len(args)} positional arguments")
-        accepted = service().accept_report(parse_report(message))
-    except InvalidReport as exc:  # NotARetryTarget (R1) and the skew check included
-        return _refuse(names.REPORT_MISSING, str(exc), message)
-    return {
-        "status": "retry" if accepted.retry else "auto_corrected",
-        "chain_id": accepted.chain_id,
-        "reason": accepted.reason,
-    }
+        accepted = service().accept_report(parse_report(message), _sent_at(self.request))
+    except InvalidReport as exc:  # NotARetryTarget (R1), skew, conflict (R4), stale (R4a)
+        _refuse(names.REPORT_MISSING, str(exc), message)
+    return _accepted(accepted)
 
 
-@app.task(name=names.REPORT_MISSING_BATCH, **DB_RETRY)
-def report_missing_batch(reports: Any) -> dict[str, int]:
-    """Many reports in one message and one transaction (``client.report_missing_many``)."""
+@app.task(name=names.REPORT_MISSING_BATCH, bind=True, **DB_RETRY)
+def report_missing_batch(self: Any, reports: Any) -> dict[str, Any]:
+    """Many reports in one message and one transaction (``client.report_missing_many``).
+
+    Each refused report is kept as a dead letter and listed in the result (the first
+    ``SHOWN_REFUSALS``, by index in the batch); a message that is no batch fails.
+    """
     task = names.REPORT_MISSING_BATCH
     if not isinstance(reports, list) or not 1 <= len(reports) <= MAX_BATCH:
         _refuse(task, f"a batch is a list of 1..{MAX_BATCH} reports", reports)
-        return {"accepted": 0, "refused": 1}
-    parsed, refused = [], 0
-    for message in reports:
+    parsed: list[tuple[int, Any, Any]] = []
+    refusals: list[dict[str, Any]] = []
+
+    def refuse(index: int, reason: str, message: Any) -> None:
+        letter = _keep(task, reason, message)  # at most MAX_BATCH of them
+        application = message.get("application") if isinstance(message, dict) else None
+        refusals.append({"index": index, "application": application, "reason": reason,
+                         "dead_letter": letter})  # fmt: skip
+
+    refused = 0
+    for index, message in enumerate(reports):
         try:
-            parsed.append((message, parse_report(message)))
+            parsed.append((index, message, parse_report(message)))
         except InvalidReport as exc:
-            _refuse(task, str(exc), message)
+            refuse(index, str(exc), message)
             refused += 1
-    results = service().accept_reports([report for _, report in parsed])
-    for (message, _), result in zip(parsed, results, strict=True):
+    results = service().accept_reports([r for _, _, r in parsed], _sent_at(self.request))
+    for (index, message, _), result in zip(parsed, results, strict=True):
         if isinstance(result, InvalidReport):
-            _refuse(task, str(result), message)
+            refuse(index, str(result), message)
             refused += 1
-    return {"accepted": len(reports) - refused, "refused": refused}
+    refusals.sort(key=lambda r: int(r["index"]))
+    return {
+        "accepted": len(reports) - refused,
+        "refused": refused,
+        "refusals": refusals[:SHOWN_REFUSALS],
+    }
 
 
 def _slot_of(task: str, slot: Any, payload: Any) -> Any:
@@ -136,7 +187,6 @@ def _slot_of(task: str, slot: Any, payload: Any) -> Any:
         return parse_instant(slot)
     except InvalidInstant as exc:
         _refuse(task, str(exc), payload)
-        return None
 
 
 def _wait_in_slot(task: Any, at: datetime, exc: Exception) -> None:
@@ -155,29 +205,36 @@ def _wait_in_slot(task: Any, at: datetime, exc: Exception) -> None:
     raise task.retry(eta=eta, exc=exc, max_retries=None)
 
 
-def _run_slot(task: Any, at: datetime) -> dict[str, int]:
+def _run_slot(task: Any, at: Any) -> dict[str, Any]:
+    """A slot's counts, and how it decided each application (the first ``slots.SHOWN``),
+    so that searching Flower for an application id finds its deciding slot."""
+    decided: dict[str, str] = {}
     try:
-        return service().run_slot(at)
+        counts = service().run_slot(at, decided=decided)
     except UNREADABLE as exc:
         _wait_in_slot(task, at, exc)
-        return {"unreadable": 1}
+        return {"slot": format_instant(at), "unreadable": 1}
+    return {
+        "slot": format_instant(at),
+        **counts,
+        "applications": decided,
+        "applications_total": sum(counts[k] for k in ("next", "resumed", "auto_corrected")),
+    }
 
 
 @app.task(name=names.ATTEMPT_SLOT, bind=True)
-def attempt_slot(self: Any, slot: str) -> dict[str, int]:
+def attempt_slot(self: Any, slot: str) -> dict[str, Any]:
     """The attempts of every chain due at ``slot``, decided in batches (DESIGN 2, 3)."""
-    at = _slot_of(names.ATTEMPT_SLOT, slot, {"slot": slot})
-    return {} if at is None else _run_slot(self, at)
+    return _run_slot(self, _slot_of(names.ATTEMPT_SLOT, slot, {"slot": slot}))
 
 
 @app.task(name=names.ATTEMPT, bind=True)
-def attempt(self: Any, chain_id: str, attempt_no: int, slot: str) -> dict[str, int]:
+def attempt(self: Any, chain_id: str, attempt_no: int, slot: str) -> dict[str, Any]:
     """One chain's attempt, as older senders send it: its slot decides it (DESIGN 3).
 
     A duplicate or stale message finds the chain no longer due at ``slot``.
     """
-    at = _slot_of(names.ATTEMPT, slot, [chain_id, attempt_no, slot])
-    return {} if at is None else _run_slot(self, at)
+    return _run_slot(self, _slot_of(names.ATTEMPT, slot, [chain_id, attempt_no, slot]))
 
 
 @app.task(name=names.TICK)
@@ -200,13 +257,8 @@ def confirm_outcome(idempotency_key: str) -> bool:
 @app.task(name=names.CLOSE, **{**DB_RETRY, "retry_backoff_max": 30, "max_retries": 60})
 def close(at: str | None = None) -> int:
     """An explicit OSS close signal (R10); ``at`` defaults to now. Never lost to a DB outage."""
-    when = None
-    if at is not None:
-        when = _slot_of(names.CLOSE, at, {"at": at})
-        if when is None:
-            return 0
+    when = None if at is None else _slot_of(names.CLOSE, at, {"at": at})
     try:
         return service().record_close(when)
     except InvalidInstant as exc:  # R10: not on today's Japan date
         _refuse(names.CLOSE, str(exc), {"at": at})
-        return 0

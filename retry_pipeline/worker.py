@@ -15,6 +15,8 @@ from celery import Task
 from celery.signals import task_rejected, task_unknown
 from celery.worker.consumer import Consumer
 
+from retry_pipeline.errors import MessageRefused
+
 log = logging.getLogger(__name__)
 MAX_RAW = 65_536
 
@@ -67,11 +69,19 @@ class DeadLetterTask(Task):  # type: ignore[misc]
     """Base of the pipeline's tasks: a task that fails for good leaves a dead letter.
 
     Covers what the task body cannot see: wrong arguments (a TypeError at call
-    time) and permanent database errors after the task's own retries.
+    time) and permanent database errors after the task's own retries. A task that
+    refused its message (``MessageRefused``) kept the dead letter itself: it fails
+    (Flower's Failed tab) without a second one, a retry or a traceback in the log.
     """
+
+    throws = (MessageRefused,)
+    resultrepr_maxsize = 32_768  # a slot's result names up to 200 applications (Flower)
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         from retry_pipeline.service.letters import raw_text
+
+        if isinstance(exc, MessageRefused):
+            return
 
         raw = raw_text({"args": args, "kwargs": kwargs})
         keep_dead_letter(self.name, f"{type(exc).__name__}: {exc}", raw)

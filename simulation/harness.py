@@ -235,13 +235,13 @@ def _drive(
         now = clock.now()
         injector.poll(now)
         while pending and pending[0][0] <= now:
-            _, kind, index = pending.pop(0)
+            at, kind, index = pending.pop(0)
             if kind == 0:
                 with Session(engine) as session, session.begin():
                     session.add(to_row(certificates[index]))
             else:
                 body = reports[index].model_dump(mode="json", exclude_none=True)
-                run.send_report(body)
+                run.send_report(body, sent_at=at)  # sent when detected, on time (R4a)
         seen = snapshot(engine)  # one transaction: processed reports and what they made
         processed, live, earliest, unsent = seen.processed, seen.live, seen.earliest, seen.unsent
         refused = {application_of(payload) for payload in seen.refused_payloads}

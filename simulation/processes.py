@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -50,9 +51,9 @@ class Run:
     restarts: dict[str, int] = field(default_factory=dict)
     reports_sent: int = 0
 
-    def send_report(self, body: dict[str, Any]) -> None:
+    def send_report(self, body: dict[str, Any], sent_at: datetime | None = None) -> None:
         """Send a report the way the examination worker does, and count it."""
-        report_missing(body, broker_url=self.broker_url, queue=self.queue)
+        report_missing(body, broker_url=self.broker_url, queue=self.queue, sent_at=sent_at)
         self.reports_sent += 1
 
     @property

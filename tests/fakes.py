@@ -287,6 +287,14 @@ class FakeHistory:
                 best[e.application] = key
         return {app: (chain_id, slot) for app, (slot, _i, chain_id) in best.items()}
 
+    def found_present(self, applications: Sequence[str]) -> dict[str, frozenset[CertificateKind]]:
+        wanted = set(applications)
+        out: dict[str, set[CertificateKind]] = {}
+        for e in self._t.history:
+            if e.application in wanted and e.found:
+                out.setdefault(e.application, set()).update(CertificateKind(k) for k in e.found)
+        return {app: frozenset(kinds) for app, kinds in out.items()}
+
 
 class FakeOutbox:
     """``u.outbox`` in memory (``adapters.outbox.SqlOutbox``)."""

@@ -10,7 +10,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from retry_pipeline.adapters.orm import HistoryRow
-from retry_pipeline.model import Event, HistoryEntry
+from retry_pipeline.model import CertificateKind, Event, HistoryEntry
 
 IN_CHUNK = 500
 DECISIONS = (Event.RESUMED.value, Event.AUTO_CORRECTED.value)
@@ -28,6 +28,8 @@ def to_entry(row: HistoryRow) -> HistoryEntry:
         detail=row.detail,
         recorded_at=row.recorded_at,
         office=row.office,
+        found=tuple(row.found or ()),
+        late_s=row.late_s,
     )
 
 
@@ -39,7 +41,9 @@ class SqlHistory:
 
     def append(self, entries: Sequence[HistoryEntry]) -> None:
         if entries:
-            rows = [{**asdict(e), "missing": list(e.missing)} for e in entries]
+            rows = [
+                {**asdict(e), "missing": list(e.missing), "found": list(e.found)} for e in entries
+            ]
             self.session.execute(insert(HistoryRow), rows)
 
     def lines(
@@ -69,3 +73,15 @@ class SqlHistory:
                 if slot is not None:
                     out[application] = (chain_id, slot)  # the latest wins
         return out
+
+    def found_present(self, applications: Sequence[str]) -> dict[str, frozenset[CertificateKind]]:
+        out: dict[str, set[CertificateKind]] = {}
+        unique = sorted(set(applications))
+        for start in range(0, len(unique), IN_CHUNK):
+            stmt = select(HistoryRow.application, HistoryRow.found).where(
+                HistoryRow.application.in_(unique[start : start + IN_CHUNK])
+            )
+            for application, found in self.session.execute(stmt):
+                if found:
+                    out.setdefault(application, set()).update(CertificateKind(k) for k in found)
+        return {application: frozenset(kinds) for application, kinds in out.items()}

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -101,6 +102,9 @@ class HistoryRow(Base):
     missing: Mapped[list[str]] = mapped_column(JSON)
     detail: Mapped[str] = mapped_column(String(500), default="")
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # R3: certificates this event saw present (an attempt's finding, a report's confirmed).
+    found: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
+    late_s: Mapped[int | None] = mapped_column(Integer)  # R4a: planned from its arrival
 
 
 class OutboxRow(Base):

@@ -26,6 +26,7 @@ def ending_line(ending: Ending, now: datetime) -> HistoryEntry:
         ending.missing,
         ending.reason,
         now,
+        found=ending.found,
     )
 
 

@@ -46,20 +46,26 @@ class Pipeline:
     def calendar(self) -> BusinessCalendar:
         return self.deps.calendar
 
-    def accept_report(self, report: Report) -> Accepted:
-        """R1, R3, R4: start a chain, merge into the live one, or auto-correct at once."""
-        result = intake.accept_reports(self.deps, [report])[0]
+    def accept_report(self, report: Report, sent_at: datetime | None = None) -> Accepted:
+        """R1, R3, R4, R4a: start a chain, merge into the live one, or auto-correct at once;
+        a refusal (R1, R4 conflict, R4a stale, future) raises ``InvalidReport``."""
+        result = intake.accept_reports(self.deps, [report], sent_at)[0]
         if isinstance(result, InvalidReport):
             raise result
         return result
 
-    def accept_reports(self, reports: Sequence[Report]) -> list[Accepted | InvalidReport]:
+    def accept_reports(
+        self, reports: Sequence[Report], sent_at: datetime | None = None
+    ) -> list[Accepted | InvalidReport]:
         """``accept_report`` for many reports in one transaction; refusals as their errors."""
-        return intake.accept_reports(self.deps, reports)
+        return intake.accept_reports(self.deps, reports, sent_at)
 
-    def run_slot(self, slot: datetime, batch: int = slots.BATCH) -> dict[str, int]:
-        """R8: every chain due at ``slot``, decided in batches."""
-        return slots.run_slot(self.deps, slot, batch)
+    def run_slot(
+        self, slot: datetime, batch: int = slots.BATCH, decided: dict[str, str] | None = None
+    ) -> dict[str, int]:
+        """R8: every chain due at ``slot``, decided in batches; counts of what became of
+        them, and in ``decided`` (if given) how, by application (the first ``slots.SHOWN``)."""
+        return slots.run_slot(self.deps, slot, batch, decided)
 
     def tick(self) -> TickResult:
         """DESIGN 4: the grid tick."""

@@ -11,18 +11,35 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from retry_pipeline.attempts import decide_attempt, kinds_to_check
-from retry_pipeline.model import Chain, Cursor, Ending, Event, HistoryEntry, Outcome, history_line
+from retry_pipeline.attempts import Decision, decide_attempt, kinds_to_check
+from retry_pipeline.calendar import format_instant
+from retry_pipeline.model import (
+    Chain,
+    Cursor,
+    Ending,
+    Event,
+    HistoryEntry,
+    Outcome,
+    history_line,
+    sorted_kinds,
+)
 from retry_pipeline.policy import replan
 from retry_pipeline.ports import UnitOfWork
 from retry_pipeline.service.context import Deps, close_signals
 from retry_pipeline.service.outcomes import end_chains, ending_line
 
 BATCH = 500  # chains decided per transaction
+SHOWN = 200  # applications a slot names in its task result (Flower), the first ones
 
 
-def run_slot(deps: Deps, slot: datetime, batch: int = BATCH) -> dict[str, int]:
-    """Every chain due at ``slot``, decided in batches; counts of what became of them."""
+def run_slot(
+    deps: Deps, slot: datetime, batch: int = BATCH, decided: dict[str, str] | None = None
+) -> dict[str, int]:
+    """Every chain due at ``slot``, decided in batches; counts of what became of them.
+
+    ``decided``, if given, receives how the attempt went for the first ``SHOWN``
+    applications: ``resumed``, ``auto_corrected: safety``, ``next <slot>``.
+    """
     counts = {"next": 0, "parked": 0, Outcome.RESUMED.value: 0, Outcome.AUTO_CORRECTED.value: 0}
     if deps.clock.now() < slot:
         deps.dispatcher.send_slot(slot)  # early: again with its ETA
@@ -34,7 +51,7 @@ def run_slot(deps: Deps, slot: datetime, batch: int = BATCH) -> dict[str, int]:
         return counts
     while True:
         with deps.store.unit() as u:
-            claimed = _decide_batch(deps, u, slot, signals, batch, counts)
+            claimed = _decide_batch(deps, u, slot, signals, batch, counts, decided)
         if claimed < batch:
             return counts
 
@@ -46,6 +63,7 @@ def _decide_batch(
     signals: list[datetime],
     batch: int,
     counts: dict[str, int],
+    decided: dict[str, str] | None = None,
 ) -> int:
     now = deps.clock.now()
     claimed = [
@@ -72,10 +90,12 @@ def _decide_batch(
             endings.append(
                 Ending(
                     chain.chain_id, chain.subject, decision.outcome, decision.missing, slot,
-                    decision.reason, attempt_no=chain.attempts_made,
+                    decision.reason, attempt_no=chain.attempts_made, found=decision.found,
                 )
             )  # fmt: skip
             counts[decision.outcome.value] += 1
+        if decided is not None and len(decided) < SHOWN:
+            decided[chain.subject.application] = _how(decision)
     # DESIGN 2: the next slot's message goes now when it is at most a slot away; the
     # chains are marked so the tick does not send it again (unless it is lost).
     soon = {c.cursor.slot for c in steps if c.cursor.slot <= now + deps.step}
@@ -94,6 +114,15 @@ def _decide_batch(
     return len(claimed)
 
 
+def _how(decision: Decision) -> str:
+    """How an attempt went, for the slot's task result (times in +09:00)."""
+    if decision.next_cursor is not None:
+        return f"next {format_instant(decision.next_cursor.slot)}"
+    if decision.outcome is Outcome.RESUMED:
+        return decision.outcome.value
+    return f"{Outcome.AUTO_CORRECTED.value}: {', '.join(sorted_kinds(decision.missing))}"
+
+
 def _with_claimed(steps: list[Chain], claimed: list[Chain]) -> list[tuple[Chain, Chain]]:
     by_id = {c.chain_id: c for c in claimed}
     return [(c, by_id[c.chain_id]) for c in steps]
@@ -105,7 +134,7 @@ def _attempt_line(chain: Chain, before: Cursor, slot: datetime, now: datetime) -
         detail += " (parked, R10)"
     return history_line(
         chain.chain_id, chain.subject, Event.ATTEMPT, chain.attempts_made, slot, chain.missing,
-        detail, now,
+        detail, now, found=chain.found,
     )  # fmt: skip
 
 

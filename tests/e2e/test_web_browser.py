@@ -24,6 +24,7 @@ import pytest
 from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.clock import FileClock
 from simulation.redis_server import free_port
+from tests.conftest import create_registry_standin_at
 from tests.web_seed import END, seed
 
 pytestmark = pytest.mark.e2e
@@ -59,6 +60,7 @@ def server(tmp_path: Path, broker_url: str) -> Iterator[tuple[str, Path]]:
     """A seeded database, three users and a real console process; (base URL, its log)."""
     db_url = f"sqlite:///{tmp_path / 'console.sqlite3'}"
     upgrade(db_url)
+    create_registry_standin_at(db_url)  # Kei-MOTAS is external: the test stands in for it
     seed(db_url)
     clock_file = tmp_path / "clock.json"
     FileClock.write(clock_file, END, 1.0)  # the seeded Friday afternoon, in real time

@@ -119,6 +119,7 @@ def test_close_task_refuses_another_day_as_a_dead_letter(
     from retry_pipeline.adapters.registry import SqlCertificateRegistry
     from retry_pipeline.calendar import BusinessCalendar
     from retry_pipeline.config import Settings
+    from retry_pipeline.errors import MessageRefused
     from retry_pipeline.service.pipeline import Pipeline
 
     engine = make_engine(db_url, write_lock=False)
@@ -132,8 +133,9 @@ def test_close_task_refuses_another_day_as_a_dead_letter(
     )
     monkeypatch.setattr(tasks, "service", lambda: service)
     try:
-        assert tasks.close.run("2026-12-01T09:00:00+09:00") == 0
-        assert tasks.close.run("9999-12-31T23:59:00+09:00") == 0
+        for other_day in ("2026-12-01T09:00:00+09:00", "9999-12-31T23:59:00+09:00"):
+            with pytest.raises(MessageRefused):  # a dead letter first, then the task fails
+                tasks.close.run(other_day)
         assert close_signal_count(store) == 0
         with store.unit() as u:
             letters = u.dead_letters.newest(10)

@@ -228,6 +228,14 @@ def bad_reports(mark: str) -> dict[str, tuple[Any, tuple[str, ...]]]:
             report(ok_id, detected_at=now_text(timedelta(hours=1))),
             ("detected_at", "future"),
         ),
+        "stale-detected-at": (  # R4a: older than a day when it reached the pipeline
+            report(ok_id, detected_at=now_text(-timedelta(days=2))),
+            ("stale report (R4a)", "must check again"),
+        ),
+        "look-alike-application": (  # issue 12: a Cyrillic О is not an O
+            report("\u041eSS-2026-000123", vehicle=mark),
+            ("application", "printable ascii after nfkc", "U+041E"),
+        ),
         "r1-continuous-completion": (
             report(ok_id, missing=["completion"]),
             ("continuous", "completion"),

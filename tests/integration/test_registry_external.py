@@ -28,6 +28,7 @@ from retry_pipeline.errors import RegistryUnavailable
 from retry_pipeline.model import (
     Application,
     CertificateKind,
+    InsuranceCertificate,
     PendingOutcome,
     Procedure,
     Report,
@@ -109,16 +110,22 @@ def safety(vehicle: str, available_at: datetime) -> SafetyCertificate:
         vehicle=vehicle,
         inspected_on=date(2026, 11, 20),
         insurer_id="INS-1",
-        insurance_no="NO-1",
+        insurance_no=f"NO-{vehicle}",
         available_at=available_at,
     )
 
 
 def insert_certificate(url: str, cert: SafetyCertificate) -> None:
+    """The safety certificate and the insurance certificate it names (R3: every attempt
+    checks the confirmed insurance certificate again)."""
+    insurance = InsuranceCertificate(
+        id=f"I-{cert.id}", insurer_id=cert.insurer_id, insurance_no=cert.insurance_no,
+        vehicle=cert.vehicle, available_at=cert.available_at,
+    )  # fmt: skip
     engine = create_engine(url)
     try:
         with make_sessions(engine)() as session, session.begin():
-            session.add(to_row(cert))
+            session.add_all([to_row(cert), to_row(insurance)])
     finally:
         engine.dispose()
 

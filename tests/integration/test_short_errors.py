@@ -20,7 +20,7 @@ SECRET = "s3cret-pw"
 # Every command that reads the database, with arguments that are otherwise valid.
 DB_COMMANDS = [
     ["status", "--office", "KEI-OSAKA"],
-    ["close", "--at", "2026-11-27T15:00:00+09:00"],
+    ["close"],  # (an --at on another day is refused before the database is read)
     ["dead-letters"],
     ["health"],
 ]

@@ -22,6 +22,7 @@ from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.config import Settings
 from retry_pipeline.errors import DuplicateRecord, InvalidReport
+from retry_pipeline.intake import Action
 from retry_pipeline.model import (
     Chain,
     Cursor,
@@ -33,6 +34,7 @@ from retry_pipeline.model import (
 )
 from retry_pipeline.ports import Store
 from retry_pipeline.service.intake import Accepted
+from tests.conftest import create_registry_standin_at
 from tests.fakes import (
     COMPLETION,
     INSURANCE,
@@ -78,6 +80,7 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HarnessFact
             return over_fakes(settings)
         url = f"sqlite:///{tmp_path / f'retry-{len(disposers)}.sqlite3'}"
         upgrade(url)
+        create_registry_standin_at(url)
         store = RetryStore.from_url(url)
         registry_engine = make_engine(url, write_lock=False)
         disposers.extend([store.engine.dispose, registry_engine.dispose])
@@ -101,6 +104,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         return
     url = f"sqlite:///{tmp_path / 'parts.sqlite3'}"
     upgrade(url)
+    create_registry_standin_at(url)
     sql = RetryStore.from_url(url)
     yield sql
     sql.engine.dispose()
@@ -329,6 +333,7 @@ def test_outbox_pending_mark_sent_resend_and_confirm(store: Store) -> None:
 def test_confirm_stores_utc_like_every_other_instant(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'confirm.sqlite3'}"
     upgrade(url)
+    create_registry_standin_at(url)
     sql = RetryStore.from_url(url)
     try:
         with sql.unit() as u:
@@ -412,7 +417,9 @@ def test_merge_adds_the_certificates_without_restarting(h: Harness) -> None:
     first = h.pipeline.accept_report(report(subject, {SAFETY}, jst(27, 8, 36)))
     h.at(jst(27, 8, 38, 5))
     second = h.pipeline.accept_report(report(subject, {INSURANCE}, jst(27, 8, 38)))
-    assert second == Accepted(first.chain_id, True, False, "R4: merged", jst(27, 8, 40))
+    assert second == Accepted(
+        first.chain_id, True, False, "R4: merged", jst(27, 8, 40), Action.MERGE
+    )
     chain = h.live(subject.application)
     assert chain.missing == {SAFETY, INSURANCE}
     assert chain.version == 2
@@ -538,7 +545,9 @@ def test_a_concurrent_report_that_wins_the_insert_is_merged_into() -> None:
     h.store.concurrent.append(commit_rival)
     h.at(jst(27, 8, 36, 5))
     accepted = h.pipeline.accept_report(report(subject, {SAFETY}, jst(27, 8, 36)))
-    assert accepted == Accepted(rival.chain_id, True, False, "R4: merged", jst(27, 8, 40))
+    assert accepted == Accepted(
+        rival.chain_id, True, False, "R4: merged", jst(27, 8, 40), Action.MERGE
+    )
     assert h.live(subject.application).missing == {SAFETY, INSURANCE}
     assert h.events(subject.application) == ["merged"]  # the lost attempt left nothing
     assert h.store.rollbacks == 1
@@ -833,6 +842,7 @@ def _script(h: Harness) -> list[tuple[object, ...]]:
 def test_the_fake_and_sqlite_record_the_same_history(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'same.sqlite3'}"
     upgrade(url)
+    create_registry_standin_at(url)
     sql = RetryStore.from_url(url)
     registry_engine = make_engine(url, write_lock=False)
     try:
@@ -863,7 +873,9 @@ def test_batch_that_ends_a_live_chain_then_starts_a_new_one_of_the_same_applicat
     ended, again = h.pipeline.accept_reports(
         [
             report(subject, {SAFETY}, jst(27, 8, 38)),  # R3: the live chain ends at 08:38
-            report(subject, {SAFETY}, jst(27, 8, 39)),  # a new detection after that decision
+            # A new detection after that decision, of a certificate never found present
+            # (safety was: naming it again would auto-correct at once, R3 across reports).
+            report(subject, {INSURANCE}, jst(27, 8, 39)),
         ]
     )
     assert isinstance(ended, Accepted) and isinstance(again, Accepted)
