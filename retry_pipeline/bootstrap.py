@@ -25,10 +25,10 @@ def bootstrap(
 ) -> Pipeline:
     """The pipeline over the configured database, clock and Celery app."""
     clock = clock or clock_from(settings.clock_file)
-    store = RetryStore(make_engine(settings.database_url))
+    store = RetryStore(make_engine(settings.database_url, settings=settings))
     # Reads of Kei-MOTAS take no write lock (a separate engine on SQLite).
     registry = SqlCertificateRegistry(
-        make_engine(settings.database_url, write_lock=False), settings
+        make_engine(settings.database_url, write_lock=False, settings=settings), settings
     )
     return Pipeline(
         store=store,

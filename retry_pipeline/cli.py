@@ -283,36 +283,6 @@ def close(at: datetime | None) -> None:
     click.echo(json.dumps({"close_at": format_instant(when), "parked": parked}))
 
 
-@main.command(name="dead-letters")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
-@click.option("--json", "as_json", is_flag=True)
-def dead_letters(limit: int, as_json: bool) -> None:
-    """Refused messages, newest first, with the reason and the raw body."""
-    with _store().unit() as u:
-        letters = u.dead_letters.newest(limit)
-    for d in letters:
-        if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "id": d.id,
-                        "task": d.task,
-                        "reason": d.reason,
-                        "payload": d.payload,
-                        "received_at": format_instant(d.received_at),
-                    },
-                    ensure_ascii=False,
-                )
-            )
-        else:
-            click.echo(
-                f"#{d.id} {format_instant(d.received_at)} {d.task}\n"
-                f"  reason:  {d.reason}\n  payload: {d.payload}"
-            )
-    if not letters and not as_json:
-        click.echo("no dead letters", err=True)
-
-
 # -- the post-holiday scenario and the demo (the main job) ------------------------
 
 
@@ -419,6 +389,10 @@ def demo(
     click.echo(f"report: {report_path}  scenario: {scenario_path}")
     click.echo(f"wall time {time.monotonic() - started:.0f} s at x{time_scale:g}")
 
+
+from retry_pipeline.cli_letters import dead_letters  # noqa: E402
+
+main.add_command(dead_letters)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

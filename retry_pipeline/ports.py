@@ -8,10 +8,10 @@ as cosmicpython's ``uow.products``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import date, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from retry_pipeline.model import (
     Application,
@@ -20,6 +20,7 @@ from retry_pipeline.model import (
     DeadLetter,
     Ending,
     HistoryEntry,
+    LetterBody,
     PendingOutcome,
 )
 
@@ -155,8 +156,22 @@ class CloseSignals(Protocol):
 class DeadLetters(Protocol):
     """Refused messages, kept with the reason and the raw body."""
 
-    def add(self, task: str, reason: str, payload: str, now: datetime) -> int:
-        """Keep one; its id."""
+    def add(
+        self,
+        task: str,
+        reason: str,
+        payload: str | bytes,
+        now: datetime,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        whole: LetterBody | None = None,
+    ) -> int:
+        """Keep one (the body's first 64 KiB; ``whole``: size and hash when ``payload`` is
+        already only the head); its id."""
+        ...
+
+    def purge(self, before: datetime) -> int:
+        """Delete the letters received before ``before``; how many."""
         ...
 
     def newest(self, limit: int) -> list[DeadLetter]:

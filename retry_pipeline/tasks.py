@@ -8,10 +8,12 @@ worker sends ``retry_pipeline.report_missing`` by name, beat sends
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from functools import cache
 from typing import Any
 
 from celery import Celery
+from celery.schedules import crontab
 from celery.signals import worker_process_init
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -65,6 +67,12 @@ app.conf.beat_schedule = {
         "task": names.TICK,
         "schedule": GridSchedule(BusinessCalendar(settings())),
         "options": {"queue": settings().queue, "expires": 600},
+    },
+    # Issue 12: dead letters are kept DEAD_LETTER_RETENTION_DAYS days (03:15 Japan time).
+    "dead-letters-purge": {
+        "task": names.PURGE_DEAD_LETTERS,
+        "schedule": crontab(hour=3, minute=15),
+        "options": {"queue": settings().queue, "expires": 3600},
     },
 }
 app.conf.beat_max_loop_interval = settings().beat_max_interval_s
@@ -166,3 +174,9 @@ def close(at: str | None = None) -> int:
         if when is None:
             return 0
     return service().record_close(when)
+
+
+@app.task(name=names.PURGE_DEAD_LETTERS)
+def purge_dead_letters() -> int:
+    """Retention: delete dead letters older than DEAD_LETTER_RETENTION_DAYS (beat, daily)."""
+    return service().purge_dead_letters(timedelta(days=settings().dead_letter_retention_days))

@@ -15,6 +15,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -112,6 +113,10 @@ class OutboxRow(Base):
     # The examination side acknowledged it (retry_pipeline.confirm_outcome); until then
     # the relay sends it again every slot: a broker that forgets loses nothing.
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # The fair relay: when an unconfirmed outcome may go again (back-off), and when the
+    # relay stopped re-sending it after the cap (an alertable state, counted in metrics).
+    next_send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    gave_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
 
 class CloseSignalRow(Base):
@@ -175,5 +180,10 @@ class DeadLetterRow(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     task: Mapped[str] = mapped_column(String(120))
     reason: Mapped[str] = mapped_column(String(2000))
-    payload: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)  # the body's head as NUL-safe text
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # Any body, also a binary one, as bytes (bytea): its first 64 KiB, its size and hash.
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    headers: Mapped[str | None] = mapped_column(Text)

@@ -26,7 +26,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("adapters", "schedules", "client"),
     ("bootstrap",),
     ("worker", "tasks"),
-    ("cli", "web", "ops"),
+    ("cli", "cli_letters", "web", "ops"),
 ]
 PURE = ("model", "policy", "rules", "attempts", "intake", "calendar", "clock", "errors", "names")
 INFRASTRUCTURE = ("celery", "kombu", "sqlalchemy", "redis", "alembic", "psycopg")
