@@ -125,11 +125,23 @@ class Outbox(Protocol):
         ...
 
     def pending(self, limit: int, *, resend_before: datetime | None) -> list[PendingOutcome]:
-        """Never sent, or sent before ``resend_before`` and unconfirmed; oldest first."""
+        """Never-sent outcomes first (oldest first), then unconfirmed ones whose back-off
+        (``mark_sent``'s ``resend_at``) ends by ``resend_before``; never given-up ones."""
         ...
 
-    def mark_sent(self, outbox_ids: Sequence[int], now: datetime) -> None:
-        """The relay handed these outcomes to the broker."""
+    def mark_sent(
+        self, outbox_ids: Sequence[int], now: datetime, *, resend_at: datetime | None = None
+    ) -> None:
+        """The relay handed these outcomes to the broker; unconfirmed, they may go again
+        from ``resend_at``."""
+        ...
+
+    def give_up(self, outbox_ids: Sequence[int], now: datetime) -> None:
+        """Stop re-sending these (sent the maximum number of times, never confirmed)."""
+        ...
+
+    def count_given_up(self) -> int:
+        """Outcomes the relay gave up on, still unconfirmed (alert on this, metrics)."""
         ...
 
     def confirm(self, idempotency_key: str, now: datetime) -> bool:
