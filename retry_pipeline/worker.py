@@ -27,6 +27,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Ignore, Reject, Retry
 from celery.worker.consumer import Consumer
 
 from retry_pipeline.model import LETTER_HEAD_BYTES, LetterBody
@@ -273,10 +274,28 @@ class DeadLetterTask(Task):  # type: ignore[misc]
     """Base of the pipeline's tasks: a task that fails for good leaves a dead letter.
 
     Covers what the task body cannot see: wrong arguments (a TypeError at call
-    time) and permanent database errors after the task's own retries.
+    time) and permanent database errors after the task's own retries. When the letter
+    cannot be stored either, the message is requeued (``Reject``), not acknowledged.
     """
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except (Retry, Reject, Ignore):
+            raise
+        except Exception as exc:
+            from retry_pipeline.service.letters import raw_text
+
+            raw = raw_text({"args": args, "kwargs": kwargs})
+            if keep_dead_letter(self.name, f"{type(exc).__name__}: {exc}", raw):
+                exc.dead_lettered = True  # type: ignore[attr-defined]
+                raise
+            time.sleep(REQUEUE_PAUSE_S)
+            raise Reject(f"dead letter not stored: {type(exc).__name__}", requeue=True) from exc
+
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if getattr(exc, "dead_lettered", False):
+            return  # kept by __call__
         from retry_pipeline.service.letters import raw_text
 
         raw = raw_text({"args": args, "kwargs": kwargs})

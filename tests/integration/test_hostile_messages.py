@@ -19,6 +19,7 @@ import sys
 import uuid
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -249,38 +250,61 @@ def test_a_json_body_with_nul_bytes_lands_as_a_dead_letter_on_postgresql(
     assert letter.size == len(body)
 
 
-def test_a_message_whose_dead_letter_cannot_be_stored_is_not_acknowledged(
-    pg_worker: Worker, pg_store: RetryStore, app: Celery
-) -> None:
-    mark = f"NOSTORE-{uuid.uuid4().hex[:12]}"
-    # The database refuses this one letter (a trigger) until the trigger is dropped.
+@contextmanager
+def refusing_letters(db_url: str, column: str, mark: str) -> Iterator[None]:
+    """The database refuses every dead letter whose ``column`` holds ``mark`` (a trigger)."""
     ddl = f"""
         CREATE FUNCTION refuse_letter() RETURNS trigger AS $$
         BEGIN
-          IF strpos(NEW.headers, '{mark}') > 0 THEN RAISE EXCEPTION 'disk full (test)'; END IF;
+          IF strpos(NEW.{column}, '{mark}') > 0 THEN RAISE EXCEPTION 'disk full (test)'; END IF;
           RETURN NEW;
         END $$ LANGUAGE plpgsql;
         CREATE TRIGGER refuse_letter BEFORE INSERT ON dead_letter
           FOR EACH ROW EXECUTE FUNCTION refuse_letter();
     """
-    engine = create_engine(pg_worker.db_url, isolation_level="AUTOCOMMIT")
+    engine = create_engine(db_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
             conn.exec_driver_sql(ddl)
-        log_before = pg_worker.log.read_text(errors="replace").count("disk full (test)")
-        publish(app, pg_worker.queue, b"\x00" * (CAP + 1), mark)
-        # The worker tried at least twice: the message came back after the first failure.
-        wait_for(
-            lambda: pg_worker.log.read_text(errors="replace").count("disk full (test)")
-            >= log_before + 2,
-            LETTER_TIMEOUT_S, "two failed attempts to store the letter", pg_worker,
-        )  # fmt: skip
-        assert not letters_marked(pg_store, mark)
+        yield
     finally:
         with engine.connect() as conn:
             conn.exec_driver_sql("DROP TRIGGER IF EXISTS refuse_letter ON dead_letter")
             conn.exec_driver_sql("DROP FUNCTION IF EXISTS refuse_letter()")
         engine.dispose()
+
+
+def failed_stores(worker: Worker) -> int:
+    return worker.log.read_text(errors="replace").count("disk full (test)")
+
+
+def test_a_message_whose_dead_letter_cannot_be_stored_is_not_acknowledged(
+    pg_worker: Worker, pg_store: RetryStore, app: Celery
+) -> None:
+    mark = f"NOSTORE-{uuid.uuid4().hex[:12]}"
+    with refusing_letters(pg_worker.db_url, "headers", mark):
+        before = failed_stores(pg_worker)
+        publish(app, pg_worker.queue, b"\x00" * (CAP + 1), mark)
+        # The worker tried at least twice: the message came back after the first failure.
+        wait_for(lambda: failed_stores(pg_worker) >= before + 2, LETTER_TIMEOUT_S,
+                 "two failed attempts to store the letter", pg_worker)  # fmt: skip
+        assert not letters_marked(pg_store, mark)
     letter = wait_letter(pg_store, pg_worker, mark)
     assert letter.size == CAP + 1
+    wait_for(lambda: queue_drained(pg_worker), LETTER_TIMEOUT_S, "the queue to drain", pg_worker)
+
+
+def test_a_failed_task_whose_dead_letter_cannot_be_stored_is_requeued(
+    pg_worker: Worker, pg_store: RetryStore, app: Celery
+) -> None:
+    mark = f"NOSTORE-TASK-{uuid.uuid4().hex[:12]}"
+    with refusing_letters(pg_worker.db_url, "payload", mark):
+        before = failed_stores(pg_worker)
+        # Wrong arguments: the task cannot even be called (a TypeError), a dead letter.
+        app.send_task(names.ATTEMPT_SLOT, args=[mark, "second argument"], queue=pg_worker.queue)
+        wait_for(lambda: failed_stores(pg_worker) >= before + 2, LETTER_TIMEOUT_S,
+                 "two failed attempts to store the letter", pg_worker)  # fmt: skip
+        assert not letters_marked(pg_store, mark)
+    letter = wait_letter(pg_store, pg_worker, mark)
+    assert letter.task == names.ATTEMPT_SLOT and "TypeError" in letter.reason
     wait_for(lambda: queue_drained(pg_worker), LETTER_TIMEOUT_S, "the queue to drain", pg_worker)
