@@ -52,13 +52,8 @@ class GridSchedule(BaseSchedule):  # type: ignore[misc]
         if due_at <= now:
             # overdue => due now, once; then wait for the next tick after now
             following = next_tick_after(self.calendar, now)
-            return schedstate(True, self._real_seconds(now, following))
-        return schedstate(False, self._real_seconds(now, due_at))
-
-    def _real_seconds(self, now: datetime, then: datetime) -> float:
-        # Beat orders its entries by these seconds: on a scaled clock they must be real
-        # seconds, or a daily entry (the dead-letter purge) would sort before the grid.
-        return (self.clock.to_real(then) - self.clock.to_real(now)).total_seconds()
+            return schedstate(True, (following - now).total_seconds())
+        return schedstate(False, (due_at - now).total_seconds())
 
     def __repr__(self) -> str:
         s = self.calendar.settings

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -152,3 +153,25 @@ def test_beat_runs_the_purge_daily() -> None:
     assert isinstance(schedule, crontab)
     assert len(schedule.hour) == 1 and len(schedule.minute) == 1  # once a day
     assert len(schedule.day_of_week) == 7
+
+
+def test_beat_on_a_scaled_clock_has_no_purge_entry(tmp_path: Path) -> None:
+    # A real-time entry beside the grid on a simulation's clock would starve the grid.
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRY_PIPELINE_")}
+    probe = "import retry_pipeline.tasks as t; print(sorted(t.app.conf.beat_schedule))"
+    entries = {}
+    for case, extra in {
+        "real": {},
+        "scaled": {"RETRY_PIPELINE_CLOCK_FILE": str(tmp_path / "c")},
+    }.items():
+        out = subprocess.run(
+            [sys.executable, "-c", probe], env={**env, **extra}, capture_output=True,
+            text=True, timeout=60, check=True,
+        )  # fmt: skip
+        entries[case] = out.stdout.strip()
+    assert entries["real"] == "['dead-letters-purge', 'grid-tick']"
+    assert entries["scaled"] == "['grid-tick']"
