@@ -28,9 +28,11 @@ def bootstrap(
 ) -> Pipeline:
     """The pipeline over the configured database, clock and Celery app."""
     clock = clock or clock_from(settings.clock_file)
-    store = RetryStore(make_engine(settings.database_url))
+    store = RetryStore(make_engine(settings.database_url, settings=settings))
     # Kei-MOTAS: read only, from RETRY_PIPELINE_REGISTRY_URL (default: the database).
-    registry = SqlCertificateRegistry(registry_engine(settings.registry_database_url), settings)
+    registry = SqlCertificateRegistry(
+        registry_engine(settings.registry_database_url, settings), settings
+    )
     return Pipeline(
         store=store,
         registry=registry,
@@ -41,9 +43,9 @@ def bootstrap(
     )
 
 
-def registry_engine(url: str) -> Engine:
+def registry_engine(url: str, settings: Settings | None = None) -> Engine:
     """An engine that only reads: no write lock on SQLite, read-only sessions on PostgreSQL."""
     if make_url(url).get_backend_name() == "sqlite":
-        return make_engine(url, write_lock=False)
-    engine = make_engine(url, connect_args={"connect_timeout": 10})
+        return make_engine(url, write_lock=False, settings=settings)
+    engine = make_engine(url, settings=settings, connect_args={"connect_timeout": 10})
     return engine.execution_options(postgresql_readonly=True)

@@ -142,36 +142,6 @@ def close(at: datetime | None) -> None:
     click.echo(json.dumps({"close_at": when, "parked": parked}))
 
 
-@main.command(name="dead-letters")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
-@click.option("--json", "as_json", is_flag=True)
-def dead_letters(limit: int, as_json: bool) -> None:
-    """Refused messages, newest first, with the reason and the raw body."""
-    with _store().unit() as u:
-        letters = u.dead_letters.newest(limit)
-    for d in letters:
-        if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "id": d.id,
-                        "task": d.task,
-                        "reason": d.reason,
-                        "payload": d.payload,
-                        "received_at": format_instant(d.received_at),
-                    },
-                    ensure_ascii=False,
-                )
-            )
-        else:
-            click.echo(
-                f"#{d.id} {format_instant(d.received_at)} {d.task}\n"
-                f"  reason:  {d.reason}\n  payload: {d.payload}"
-            )
-    if not letters and not as_json:
-        click.echo("no dead letters", err=True)
-
-
 from retry_pipeline.cli_calendar import calendar_cmd  # noqa: E402
 from retry_pipeline.cli_simulation import demo, fault_matrix, scenario_group, simulate  # noqa: E402
 
@@ -181,11 +151,11 @@ for _command in (calendar_cmd, simulate, fault_matrix, scenario_group, demo):
 main.add_command(health)
 main.add_command(registry_group)
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
+from retry_pipeline.cli_letters import dead_letters  # noqa: E402
 from retry_pipeline.web.cli import user_group, web  # noqa: E402  (the office console)
 
-main.add_command(user_group)
-main.add_command(web)
+for _command in (dead_letters, user_group, web):
+    main.add_command(_command)
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

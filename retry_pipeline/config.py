@@ -55,6 +55,18 @@ class Settings:
     def signing(self) -> bool:
         """Whether messages are signed and only signed messages are taken."""
         return bool(self.security_key and self.security_certificate and self.security_cert_store)
+    # Issue 12: a message over this many bytes (or compressed) is refused before decoding.
+    max_body_bytes: int = 1_048_576
+    dead_letter_retention_days: int = 90  # the daily purge keeps this many days
+    # PostgreSQL session timeouts set by the engine (0 = off); a stuck row costs a retry.
+    db_lock_timeout_ms: int = 5_000
+    db_statement_timeout_ms: int = 120_000
+    db_idle_in_transaction_timeout_ms: int = 60_000
+    # The relay: an unconfirmed outcome goes again after a back-off doubling from
+    # RELAY_BACKOFF_MIN up to RELAY_BACKOFF_MAX_MIN, at most RELAY_MAX_SENDS times in all.
+    relay_backoff_min: int = 20
+    relay_backoff_max_min: int = 240
+    relay_max_sends: int = 8
 
     def __post_init__(self) -> None:
         if self.step_min <= 0 or 24 * 60 % self.step_min:
@@ -76,6 +88,17 @@ class Settings:
             raise ConfigError(f"HEARTBEAT_S must be > 0, got {self.heartbeat_s}")
         if self.stale_after_s <= 0:
             raise ConfigError(f"STALE_AFTER_S must be > 0 seconds, got {self.stale_after_s}")
+        if self.max_body_bytes < 1024:
+            raise ConfigError(f"MAX_BODY_BYTES must be >= 1024, got {self.max_body_bytes}")
+        if self.dead_letter_retention_days < 1:
+            raise ConfigError("DEAD_LETTER_RETENTION_DAYS must be >= 1")
+        if min(self.db_lock_timeout_ms, self.db_statement_timeout_ms,
+               self.db_idle_in_transaction_timeout_ms) < 0:  # fmt: skip
+            raise ConfigError("DB_*_TIMEOUT_MS must be >= 0 (0: no timeout)")
+        if self.relay_backoff_min < 1 or self.relay_backoff_max_min < self.relay_backoff_min:
+            raise ConfigError("RELAY_BACKOFF_MIN must be >= 1 and <= RELAY_BACKOFF_MAX_MIN")
+        if self.relay_max_sends < 1:
+            raise ConfigError(f"RELAY_MAX_SENDS must be >= 1, got {self.relay_max_sends}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -158,6 +181,14 @@ _INTS = (
     "COMPLETION_VALIDITY_MONTHS",
     "VISIBILITY_TIMEOUT_S",
     "STALE_AFTER_S",
+    "MAX_BODY_BYTES",
+    "DEAD_LETTER_RETENTION_DAYS",
+    "DB_LOCK_TIMEOUT_MS",
+    "DB_STATEMENT_TIMEOUT_MS",
+    "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+    "RELAY_BACKOFF_MIN",
+    "RELAY_BACKOFF_MAX_MIN",
+    "RELAY_MAX_SENDS",
 )
 _TEXT = (
     "DATABASE_URL",

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
+from typing import Any
 
 import pendulum
 
@@ -278,10 +282,49 @@ class Dispatch:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A refused message, kept with its raw body and the reason (bad input is never lost)."""
+    """A refused message, kept with the reason, its headers and the first 64 KiB of its body.
+
+    ``payload`` is that head as NUL-safe text; ``size`` and ``sha256`` are of the whole body.
+    """
 
     id: int
     task: str
     reason: str
     payload: str
     received_at: datetime
+    size: int = 0
+    sha256: str = ""
+    headers: str = ""  # JSON text, capped
+
+
+LETTER_HEAD_BYTES = 65_536  # what a dead letter keeps of a body
+LETTER_HEADERS_CHARS = 8_192  # and of its headers
+
+
+@dataclass(frozen=True)
+class LetterBody:
+    """What a dead letter keeps of a body: its head, its size and its SHA-256."""
+
+    head: bytes
+    size: int
+    sha256: str
+
+
+def letter_body(raw: str | bytes) -> LetterBody:
+    """The head (first 64 KiB), size and SHA-256 of a whole body (text as UTF-8)."""
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    return LetterBody(data[:LETTER_HEAD_BYTES], len(data), hashlib.sha256(data).hexdigest())
+
+
+def letter_text(head: bytes) -> str:
+    """Bytes as text any database keeps: UTF-8 where valid, ``\\xNN`` escapes elsewhere."""
+    text = head.decode("utf-8", "backslashreplace")
+    return text.replace("\x00", "\\x00")
+
+
+def letter_headers(headers: Mapping[str, Any] | None) -> str:
+    """Message headers as capped, NUL-safe JSON text."""
+    if not headers:
+        return ""
+    text = json.dumps(dict(headers), ensure_ascii=True, default=repr, sort_keys=True)
+    return text[:LETTER_HEADERS_CHARS]

@@ -14,6 +14,7 @@ ATTEMPT_SLOT = "retry_pipeline.attempt_slot"
 TICK = "retry_pipeline.tick"
 CLOSE = "retry_pipeline.close"
 CONFIRM_OUTCOME = "retry_pipeline.confirm_outcome"
+PURGE_DEAD_LETTERS = "retry_pipeline.purge_dead_letters"  # daily retention (beat)
 
 DEFAULT_QUEUE = "retry_pipeline"  # reports, attempts, the tick
 DEFAULT_EXAMINATION_QUEUE = "examination"  # outcomes

@@ -8,10 +8,10 @@ as cosmicpython's ``uow.products``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import date, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from retry_pipeline.model import (
     Application,
@@ -20,6 +20,7 @@ from retry_pipeline.model import (
     DeadLetter,
     Ending,
     HistoryEntry,
+    LetterBody,
     PendingOutcome,
 )
 
@@ -129,11 +130,23 @@ class Outbox(Protocol):
         ...
 
     def pending(self, limit: int, *, resend_before: datetime | None) -> list[PendingOutcome]:
-        """Never sent, or sent before ``resend_before`` and unconfirmed; oldest first."""
+        """Never-sent outcomes first (oldest first), then unconfirmed ones whose back-off
+        (``mark_sent``'s ``resend_at``) ends by ``resend_before``; never given-up ones."""
         ...
 
-    def mark_sent(self, outbox_ids: Sequence[int], now: datetime) -> None:
-        """The relay handed these outcomes to the broker."""
+    def mark_sent(
+        self, outbox_ids: Sequence[int], now: datetime, *, resend_at: datetime | None = None
+    ) -> None:
+        """The relay handed these outcomes to the broker; unconfirmed, they may go again
+        from ``resend_at``."""
+        ...
+
+    def give_up(self, outbox_ids: Sequence[int], now: datetime) -> None:
+        """Stop re-sending these (sent the maximum number of times, never confirmed)."""
+        ...
+
+    def count_given_up(self) -> int:
+        """Outcomes the relay gave up on, still unconfirmed (alert on this, metrics)."""
         ...
 
     def confirm(self, idempotency_key: str, now: datetime) -> bool:
@@ -160,8 +173,22 @@ class CloseSignals(Protocol):
 class DeadLetters(Protocol):
     """Refused messages, kept with the reason and the raw body."""
 
-    def add(self, task: str, reason: str, payload: str, now: datetime) -> int:
-        """Keep one; its id."""
+    def add(
+        self,
+        task: str,
+        reason: str,
+        payload: str | bytes,
+        now: datetime,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        whole: LetterBody | None = None,
+    ) -> int:
+        """Keep one (the body's first 64 KiB; ``whole``: size and hash when ``payload`` is
+        already only the head); its id."""
+        ...
+
+    def purge(self, before: datetime) -> int:
+        """Delete the letters received before ``before``; how many."""
         ...
 
     def newest(self, limit: int) -> list[DeadLetter]:

@@ -13,6 +13,7 @@ from functools import cache
 from typing import Any, NoReturn
 
 from celery import Celery
+from celery.schedules import crontab
 from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -91,6 +92,16 @@ app.conf.beat_schedule = {
         "options": {"queue": settings().queue, "expires": 600},
     },
 }
+if not settings().clock_file:
+    # Issue 12: dead letters are kept DEAD_LETTER_RETENTION_DAYS days (03:15 Japan time).
+    # Not on a simulation's scaled clock: beat orders entries by each schedule's own
+    # "now", and a real-time entry would sort before the grid once simulated time runs
+    # ahead of the wall clock, so beat would stop checking the grid.
+    app.conf.beat_schedule["dead-letters-purge"] = {
+        "task": names.PURGE_DEAD_LETTERS,
+        "schedule": crontab(hour=3, minute=15),
+        "options": {"queue": settings().queue, "expires": 3600},
+    }
 app.conf.beat_max_loop_interval = settings().beat_max_interval_s
 
 
@@ -262,3 +273,9 @@ def close(at: str | None = None) -> int:
         return service().record_close(when)
     except InvalidInstant as exc:  # R10: not on today's Japan date
         _refuse(names.CLOSE, str(exc), {"at": at})
+
+
+@app.task(name=names.PURGE_DEAD_LETTERS)
+def purge_dead_letters() -> int:
+    """Retention: delete dead letters older than DEAD_LETTER_RETENTION_DAYS (beat, daily)."""
+    return service().purge_dead_letters(timedelta(days=settings().dead_letter_retention_days))

@@ -118,8 +118,12 @@ class SqlChains:
         return self._rows(stmt)
 
     def slotted_between(self, start: datetime, end: datetime) -> list[Chain]:
+        # SKIP LOCKED: a row another session holds (a running batch, a stuck transaction)
+        # is parked by the next tick instead of stalling this one (issue 12).
         stmt = select(ChainRow).where(ChainRow.next_slot >= start, ChainRow.next_slot < end)
-        return self._rows(stmt.order_by(ChainRow.next_slot, ChainRow.chain_id), lock=True)
+        return self._rows(
+            stmt.order_by(ChainRow.next_slot, ChainRow.chain_id), lock=True, skip_locked=True
+        )
 
     def claim(self, slot: datetime, limit: int) -> list[Chain]:
         # No ORDER BY: the next_slot index hands out the rest without a sort. SKIP LOCKED:
@@ -152,9 +156,17 @@ class SqlChains:
 
     def mark_dispatched(self, chain_ids: Sequence[str], slot: datetime) -> None:
         for part in _chunks(chain_ids):
+            ids: Any = part
+            if self._locking:  # a row another session holds stays unmarked: sent again
+                ids = (
+                    select(ChainRow.chain_id)
+                    .where(ChainRow.chain_id.in_(part))
+                    .with_for_update(skip_locked=True)
+                    .scalar_subquery()
+                )
             self.session.execute(
                 update(ChainRow)
-                .where(ChainRow.chain_id.in_(part), ChainRow.next_slot == slot)
+                .where(ChainRow.chain_id.in_(ids), ChainRow.next_slot == slot)
                 .values(dispatched_for=slot)
                 .execution_options(synchronize_session=False)
             )

@@ -8,16 +8,52 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from retry_pipeline.config import Settings
 
-def make_engine(url: str, *, write_lock: bool = True, **kw: Any) -> Engine:
+LIBPQ_DRIVERS = ("psycopg", "psycopg2")
+KEEPALIVE_IDLE_S = 30  # a dead peer is noticed in about a minute, not after hours
+KEEPALIVE_INTERVAL_S = 10
+KEEPALIVE_COUNT = 3
+CONNECT_TIMEOUT_S = 10
+
+
+def postgres_connect_args(settings: Settings) -> dict[str, Any]:
+    """libpq options of every PostgreSQL connection: session timeouts and TCP keepalives.
+
+    A lock wait longer than ``lock_timeout`` fails that statement (its batch is retried)
+    instead of stalling a worker; a session idle in a transaction is ended by the server.
+    """
+    options = (
+        f"-c lock_timeout={settings.db_lock_timeout_ms}"
+        f" -c statement_timeout={settings.db_statement_timeout_ms}"
+        f" -c idle_in_transaction_session_timeout={settings.db_idle_in_transaction_timeout_ms}"
+    )
+    return {
+        "options": options,
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVE_IDLE_S,
+        "keepalives_interval": KEEPALIVE_INTERVAL_S,
+        "keepalives_count": KEEPALIVE_COUNT,
+        "connect_timeout": CONNECT_TIMEOUT_S,
+    }
+
+
+def make_engine(
+    url: str, *, write_lock: bool = True, settings: Settings | None = None, **kw: Any
+) -> Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout and write-locking transactions.
 
     ``write_lock=False`` (SQLite only) begins transactions lazily: for read-only
-    engines that must not wait behind a writer.
+    engines that must not wait behind a writer. PostgreSQL over libpq gets the
+    timeouts of ``settings`` (default: the defaults) and TCP keepalives.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         kw.setdefault("pool_pre_ping", True)
+        if parsed.get_driver_name() in LIBPQ_DRIVERS:
+            connect_args = postgres_connect_args(settings or Settings())
+            connect_args.update(kw.pop("connect_args", {}))
+            kw["connect_args"] = connect_args
         return create_engine(url, **kw)
     engine = create_engine(url, connect_args={"timeout": 30}, **kw)
 

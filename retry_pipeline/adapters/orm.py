@@ -21,6 +21,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -126,6 +127,10 @@ class OutboxRow(Base):
     # The examination side acknowledged it (retry_pipeline.confirm_outcome); until then
     # the relay sends it again every slot: a broker that forgets loses nothing.
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # The fair relay: when an unconfirmed outcome may go again (back-off), and when the
+    # relay stopped re-sending it after the cap (an alertable state, counted in metrics).
+    next_send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    gave_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
 
 class CloseSignalRow(Base):
@@ -189,7 +194,7 @@ class DeadLetterRow(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     task: Mapped[str] = mapped_column(String(120))
     reason: Mapped[str] = mapped_column(String(2000))
-    payload: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)  # the body's head as NUL-safe text
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     # The office console (operator): replayed through the intake, or marked resolved.
     replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -197,6 +202,11 @@ class DeadLetterRow(Base):
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     resolved_by: Mapped[str | None] = mapped_column(String(64))
 
+    # Any body, also a binary one, as bytes (bytea): its first 64 KiB, its size and hash.
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    headers: Mapped[str | None] = mapped_column(Text)
 
 class UserRow(Base):
     """A console login: office staff see their office only; an operator sees every office."""

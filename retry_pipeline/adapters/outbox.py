@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -80,23 +80,41 @@ class SqlOutbox:
         return found
 
     def pending(self, limit: int, *, resend_before: datetime | None) -> list[PendingOutcome]:
-        due: ColumnElement[bool] = OutboxRow.sent_at.is_(None)
-        if resend_before is not None:
-            due = or_(due, OutboxRow.sent_at < resend_before)
-        stmt = (
-            select(OutboxRow)
-            .where(OutboxRow.confirmed_at.is_(None), due)
-            .order_by(OutboxRow.id)
-            .limit(limit)
+        # Never-sent outcomes first, oldest first: a backlog of unconfirmed ones never
+        # starves a new one. Then re-sends whose back-off ends by ``resend_before``.
+        open_: ColumnElement[bool] = and_(
+            OutboxRow.confirmed_at.is_(None), OutboxRow.gave_up_at.is_(None)
         )
-        return [pending_outcome(r) for r in self.session.scalars(stmt)]
+        fresh = select(OutboxRow).where(open_, OutboxRow.sent_at.is_(None))
+        rows = list(self.session.scalars(fresh.order_by(OutboxRow.id).limit(limit)))
+        if resend_before is not None and len(rows) < limit:
+            due_at = func.coalesce(OutboxRow.next_send_at, OutboxRow.sent_at)
+            again = (
+                select(OutboxRow)
+                .where(open_, OutboxRow.sent_at.is_not(None), due_at <= resend_before)
+                .order_by(due_at, OutboxRow.id)
+                .limit(limit - len(rows))
+            )
+            rows += self.session.scalars(again)
+        return [pending_outcome(r) for r in rows]
 
-    def mark_sent(self, outbox_ids: Sequence[int], now: datetime) -> None:
-        if outbox_ids:
+    def mark_sent(
+        self, outbox_ids: Sequence[int], now: datetime, *, resend_at: datetime | None = None
+    ) -> None:
+        for start in range(0, len(outbox_ids), IN_CHUNK):
             self.session.execute(
                 update(OutboxRow)
-                .where(OutboxRow.id.in_(list(outbox_ids)))
-                .values(sent_at=now, send_count=OutboxRow.send_count + 1)
+                .where(OutboxRow.id.in_(list(outbox_ids[start : start + IN_CHUNK])))
+                .values(sent_at=now, send_count=OutboxRow.send_count + 1, next_send_at=resend_at)
+                .execution_options(synchronize_session=False)
+            )
+
+    def give_up(self, outbox_ids: Sequence[int], now: datetime) -> None:
+        for start in range(0, len(outbox_ids), IN_CHUNK):
+            self.session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id.in_(list(outbox_ids[start : start + IN_CHUNK])))
+                .values(gave_up_at=now, next_send_at=None)
                 .execution_options(synchronize_session=False)
             )
 
@@ -112,4 +130,12 @@ class SqlOutbox:
 
     def count_unconfirmed(self) -> int:
         stmt = select(func.count()).select_from(OutboxRow).where(OutboxRow.confirmed_at.is_(None))
+        return int(self.session.scalar(stmt) or 0)
+
+    def count_given_up(self) -> int:
+        stmt = (
+            select(func.count())
+            .select_from(OutboxRow)
+            .where(OutboxRow.confirmed_at.is_(None), OutboxRow.gave_up_at.is_not(None))
+        )
         return int(self.session.scalar(stmt) or 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -9,6 +10,8 @@ from retry_pipeline.model import Dispatch
 from retry_pipeline.service.closing import park_if_closed
 from retry_pipeline.service.context import Deps
 from retry_pipeline.service.outcomes import relay
+
+log = logging.getLogger(__name__)
 
 DUE_LIMIT = 1_000_000
 
@@ -25,7 +28,11 @@ class TickResult:
 def tick(deps: Deps) -> TickResult:
     """Park at the close, release at 08:30 (R11, R13), re-send what is due, relay outcomes."""
     now = deps.clock.now()
-    result = TickResult(parked=park_if_closed(deps, now))
+    result = TickResult()
+    try:
+        result.parked = park_if_closed(deps, now)
+    except Exception:  # e.g. a lock or statement timeout: the next tick parks them
+        log.exception("could not park at the close; the next tick will")
     overdue_before = now - deps.step
     slots: dict[datetime, list[str]] = {}
     with deps.store.unit() as u:

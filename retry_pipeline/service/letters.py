@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
+from retry_pipeline.model import LetterBody
 from retry_pipeline.service.context import Deps
 
 log = logging.getLogger(__name__)
@@ -19,9 +22,32 @@ def raw_text(payload: Any) -> str:
         return repr(payload)
 
 
-def keep_dead_letter(deps: Deps, task: str, reason: str, raw: str) -> int:
-    """Store the refused message (``raw``: its body as text); its dead-letter id."""
+def keep_dead_letter(
+    deps: Deps,
+    task: str,
+    reason: str,
+    raw: str | bytes,
+    *,
+    headers: Mapping[str, Any] | None = None,
+    whole: LetterBody | None = None,
+) -> int:
+    """Store the refused message (``raw``: its body, or its head with ``whole``); its id.
+
+    Raises when the letter could not be stored: the caller must then not acknowledge
+    the message.
+    """
     with deps.store.unit() as u:
-        letter = u.dead_letters.add(task, reason, raw, deps.clock.now())
+        letter = u.dead_letters.add(
+            task, reason, raw, deps.clock.now(), headers=headers, whole=whole
+        )
     log.error("refused %s (dead letter %d): %s", task, letter, reason)
     return letter
+
+
+def purge_dead_letters(deps: Deps, older_than: timedelta) -> int:
+    """Retention: delete dead letters received more than ``older_than`` ago; how many."""
+    before = deps.clock.now() - older_than
+    with deps.store.unit() as u:
+        purged = u.dead_letters.purge(before)
+    log.info("purged %d dead letters received before %s", purged, before.isoformat())
+    return purged

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from retry_pipeline.model import Ending, Event, HistoryEntry, PendingOutcome, history_line
 from retry_pipeline.ports import UnitOfWork
@@ -42,32 +42,50 @@ def end_chains(deps: Deps, u: UnitOfWork, endings: Sequence[Ending], now: dateti
     u.after_commit(lambda: deliver(deps, outcomes))
 
 
+def resend_delay(deps: Deps, sends: int) -> timedelta:
+    """How long after its ``sends``-th send an unconfirmed outcome may go again: the
+    back-off doubles from RELAY_BACKOFF_MIN up to RELAY_BACKOFF_MAX_MIN."""
+    settings = deps.calendar.settings
+    minutes = settings.relay_backoff_min * 2 ** min(max(sends - 1, 0), 16)
+    return timedelta(minutes=min(minutes, settings.relay_backoff_max_min))
+
+
 def deliver(deps: Deps, outcomes: Sequence[PendingOutcome]) -> None:
     """Hand outcomes to the examination side; what fails stays for the relay."""
-    sent = []
+    sent: dict[int, list[int]] = {}  # sends after this one -> outbox ids
     for outcome in outcomes:
         try:
             deps.gateway.deliver(outcome)
         except Exception:
             log.exception("could not deliver %s; the relay will", outcome.idempotency_key)
             break
-        sent.append(outcome.id)
+        sent.setdefault(outcome.send_count + 1, []).append(outcome.id)
     if sent:
+        now = deps.clock.now()
         with deps.store.unit() as u:
-            u.outbox.mark_sent(sent, deps.clock.now())
+            for sends, ids in sorted(sent.items()):
+                u.outbox.mark_sent(ids, now, resend_at=now + resend_delay(deps, sends))
 
 
 def relay(deps: Deps, limit: int = RELAY_LIMIT) -> int:
     """Deliver outcomes at least once, each always with its idempotency key.
 
-    Never-sent outcomes go now; sent ones the examination side has not confirmed go
-    again once two slots have passed (the broker may have forgotten them).
+    Never-sent outcomes go first; sent ones the examination side has not confirmed go
+    again once their back-off has passed (the broker may have forgotten them), at most
+    RELAY_MAX_SENDS times in all: then the relay gives up on them (``count_given_up``,
+    an alert) instead of re-sending them forever.
     """
     now = deps.clock.now()
+    cap = deps.calendar.settings.relay_max_sends
     with deps.store.unit() as u:
-        pending = u.outbox.pending(limit, resend_before=now - 2 * deps.step)
-    deliver(deps, pending)
-    return len(pending)
+        pending = u.outbox.pending(limit, resend_before=now)
+        spent = [p for p in pending if p.send_count >= cap]
+        u.outbox.give_up([p.id for p in spent], now)
+    for p in spent:
+        log.error("gave up on %s after %d unconfirmed sends", p.idempotency_key, p.send_count)
+    due = [p for p in pending if p.send_count < cap]
+    deliver(deps, due)
+    return len(due)
 
 
 def confirm_outcome(deps: Deps, idempotency_key: str) -> bool:

@@ -6,13 +6,14 @@ the dependencies ``bootstrap`` wired and reads nothing itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
 from retry_pipeline.calendar import BusinessCalendar
 from retry_pipeline.clock import Clock
 from retry_pipeline.errors import InvalidReport
-from retry_pipeline.model import PORTAL_STATUS_UNDER_REVIEW, Report
+from retry_pipeline.model import PORTAL_STATUS_UNDER_REVIEW, LetterBody, Report
 from retry_pipeline.ports import CertificateRegistry, Dispatcher, ExaminationGateway, Store
 from retry_pipeline.service import closing, grid, intake, letters, outcomes, slots
 from retry_pipeline.service.context import Deps
@@ -87,9 +88,21 @@ class Pipeline:
         """The examination side acknowledges an outcome."""
         return outcomes.confirm_outcome(self.deps, idempotency_key)
 
-    def keep_dead_letter(self, task: str, reason: str, raw: str) -> int:
-        """Keep a refused message (its body as text)."""
-        return letters.keep_dead_letter(self.deps, task, reason, raw)
+    def keep_dead_letter(
+        self,
+        task: str,
+        reason: str,
+        raw: str | bytes,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        whole: LetterBody | None = None,
+    ) -> int:
+        """Keep a refused message (its body, or its head with ``whole``); raises if it cannot."""
+        return letters.keep_dead_letter(self.deps, task, reason, raw, headers=headers, whole=whole)
+
+    def purge_dead_letters(self, older_than: timedelta) -> int:
+        """Retention: delete dead letters older than ``older_than``."""
+        return letters.purge_dead_letters(self.deps, older_than)
 
     def portal_status(self, application: str) -> str | None:
         """R14: 「検査申請審査中」 while the application's chain is live; None otherwise
