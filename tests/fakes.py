@@ -16,12 +16,13 @@
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
@@ -44,12 +45,15 @@ from retry_pipeline.model import (
     Event,
     HistoryEntry,
     InsuranceCertificate,
+    LetterBody,
     Outcome,
     PendingOutcome,
     Procedure,
     Report,
     SafetyCertificate,
     idempotency_key,
+    letter_body,
+    letter_text,
     sorted_kinds,
 )
 from retry_pipeline.ports import (
@@ -118,6 +122,8 @@ class OutboxEntry:
     sent_at: datetime | None = None
     send_count: int = 0
     confirmed_at: datetime | None = None
+    next_send_at: datetime | None = None  # the relay's back-off
+    gave_up_at: datetime | None = None
 
     def pending(self) -> PendingOutcome:
         return PendingOutcome(
@@ -335,21 +341,41 @@ class FakeOutbox:
         return {e.chain_id for e in self._t.outbox.values() if e.chain_id in wanted}
 
     def pending(self, limit: int, *, resend_before: datetime | None) -> list[PendingOutcome]:
-        due = [
-            e
-            for e in sorted(self._t.outbox.values(), key=lambda e: e.id)
-            if e.confirmed_at is None
-            and (e.sent_at is None or (resend_before is not None and e.sent_at < resend_before))
-        ]
-        return [e.pending() for e in due[:limit]]
+        # Never-sent first (by id), then re-sends whose back-off ends by ``resend_before``.
+        rows = sorted(self._t.outbox.values(), key=lambda e: e.id)
+        open_ = [e for e in rows if e.confirmed_at is None and e.gave_up_at is None]
+        fresh = [e for e in open_ if e.sent_at is None][:limit]
+        again: list[OutboxEntry] = []
+        if resend_before is not None and len(fresh) < limit:
+            cut = _utc(resend_before)
 
-    def mark_sent(self, outbox_ids: Sequence[int], now: datetime) -> None:
+            def due_at(e: OutboxEntry) -> datetime:
+                assert e.sent_at is not None
+                return e.next_send_at or e.sent_at
+
+            sent = [e for e in open_ if e.sent_at is not None and due_at(e) <= cut]
+            again = sorted(sent, key=lambda e: (due_at(e), e.id))[: limit - len(fresh)]
+        return [e.pending() for e in fresh + again]
+
+    def mark_sent(
+        self, outbox_ids: Sequence[int], now: datetime, *, resend_at: datetime | None = None
+    ) -> None:
         for outbox_id in outbox_ids:
             row = self._t.outbox.get(outbox_id)
             if row is not None:
                 self._t.outbox[outbox_id] = replace(
-                    row, sent_at=_utc(now), send_count=row.send_count + 1
-                )
+                    row, sent_at=_utc(now), send_count=row.send_count + 1,
+                    next_send_at=None if resend_at is None else _utc(resend_at),
+                )  # fmt: skip
+
+    def give_up(self, outbox_ids: Sequence[int], now: datetime) -> None:
+        for outbox_id in outbox_ids:
+            row = self._t.outbox.get(outbox_id)
+            if row is not None:
+                self._t.outbox[outbox_id] = replace(row, gave_up_at=_utc(now), next_send_at=None)
+
+    def count_given_up(self) -> int:
+        return sum(1 for e in self._t.outbox.values() if e.confirmed_at is None and e.gave_up_at)
 
     def confirm(self, idempotency_key: str, now: datetime) -> bool:
         for row in self._t.outbox.values():
@@ -382,13 +408,31 @@ class FakeDeadLetters:
     def __init__(self, tables: FakeTables) -> None:
         self._t = tables
 
-    def add(self, task: str, reason: str, payload: str, now: datetime) -> int:
+    def add(
+        self,
+        task: str,
+        reason: str,
+        payload: str | bytes,
+        now: datetime,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        whole: LetterBody | None = None,
+    ) -> int:
+        body = letter_body(payload)
+        size, sha = (whole.size, whole.sha256) if whole else (body.size, body.sha256)
         letter_id = self._t.next_letter_id
         self._t.next_letter_id += 1
         self._t.dead_letters[letter_id] = DeadLetter(
-            letter_id, task, reason[:MAX_REASON], payload, _utc(now)
-        )
+            letter_id, task, reason[:MAX_REASON], letter_text(body.head), _utc(now), size, sha,
+            json.dumps(dict(headers or {}), default=str)[:MAX_REASON],
+        )  # fmt: skip
         return letter_id
+
+    def purge(self, before: datetime) -> int:
+        old = [i for i, d in self._t.dead_letters.items() if d.received_at < _utc(before)]
+        for letter_id in old:
+            del self._t.dead_letters[letter_id]
+        return len(old)
 
     def newest(self, limit: int) -> list[DeadLetter]:
         return sorted(self._t.dead_letters.values(), key=lambda d: -d.id)[:limit]

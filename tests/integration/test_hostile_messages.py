@@ -25,13 +25,13 @@ from pathlib import Path
 import pytest
 import redis
 from celery import Celery
+from retry_pipeline.sim.redis_server import PrivateRedis
 from sqlalchemy import create_engine, text
 
 from retry_pipeline import names
 from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.model import LETTER_HEAD_BYTES, DeadLetter
-from retry_pipeline.sim.redis_server import PrivateRedis
 from tests.integration.test_dead_letters import (
     READY_TIMEOUT_S,
     ROOT,

@@ -318,9 +318,10 @@ def test_outbox_pending_mark_sent_resend_and_confirm(store: Store) -> None:
         u.outbox.mark_sent([first.id], jst(27, 8, 41))
     with store.unit() as u:
         assert [p.id for p in u.outbox.pending(10, resend_before=None)] == [second.id]
-        assert [p.id for p in u.outbox.pending(10, resend_before=jst(27, 8, 41))] == [second.id]
-        resend = u.outbox.pending(10, resend_before=jst(27, 8, 41, 1))
-        assert [(p.id, p.send_count) for p in resend] == [(first.id, 1), (second.id, 0)]
+        assert [p.id for p in u.outbox.pending(10, resend_before=jst(27, 8, 40))] == [second.id]
+        resend = u.outbox.pending(10, resend_before=jst(27, 8, 41))
+        # The fair relay: never-sent first, then re-sends due by then (inclusive).
+        assert [(p.id, p.send_count) for p in resend] == [(second.id, 0), (first.id, 1)]
         # Plain datetimes: SqlOutbox.confirm cannot bind a pendulum instant on SQLite (below).
         assert u.outbox.confirm(first.idempotency_key, datetime(2026, 11, 27, 8, 42, tzinfo=UTC))
         assert u.outbox.confirm(first.idempotency_key, NOW)  # again: still known

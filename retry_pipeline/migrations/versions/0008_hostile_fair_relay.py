@@ -8,9 +8,9 @@ Create Date: 2026-12-02
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from alembic import op
 
 import retry_pipeline.adapters.orm
-from alembic import op
 
 revision: str = "hostile_fair_relay"
 down_revision: str | None = "hostile_dead_letter_bytes"
