@@ -33,6 +33,7 @@ class Settings:
     examination_queue: str = names.DEFAULT_EXAMINATION_QUEUE  # where outcomes go (DESIGN 5)
     resume_task: str = names.DEFAULT_RESUME_TASK
     auto_correct_task: str = names.DEFAULT_AUTO_CORRECT_TASK
+    report_received_task: str = names.DEFAULT_REPORT_RECEIVED_TASK  # receipts (DESIGN 11)
     clock_file: str | None = None  # scaled clock shared by processes (simulate); unset = real
     beat_max_interval_s: float = 5.0
     # Countdowns never exceed one slot (10 min); redelivery after an hour is far beyond that.
@@ -102,6 +103,7 @@ _TEXT = (
     "EXAMINATION_QUEUE",
     "RESUME_TASK",
     "AUTO_CORRECT_TASK",
+    "REPORT_RECEIVED_TASK",
     "CLOCK_FILE",
 )
 _OTHER = (

@@ -23,7 +23,7 @@ class Action(StrEnum):
     START = "start"  # R4: the application's first record; a chain starts
     MERGE = "merge"  # R4: added to the live record; the chain goes on (R16)
     END = "end"  # R3: a certificate seen present is missing now: the live chain ends
-    DUPLICATE = "duplicate"  # detected before the application's last decision
+    DUPLICATE = "duplicate"  # taken before, or detected before the application's last decision
     AUTO_CORRECT = "auto_correct"  # R1/R3: auto-corrected at once, no chain
 
 
@@ -33,6 +33,7 @@ class Known:
 
     live: Chain | None = None
     last_decision: tuple[str, datetime] | None = None  # (chain id, decided at)
+    received: frozenset[datetime] = frozenset()  # detected_at of its reports already taken
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ def decide_report(
     """R1, R3, R4: start a chain, merge into the live one, end it, or auto-correct at once."""
     chain = known.live
     if chain is not None:
+        if report.detected_at in known.received:
+            # DESIGN 11: the sender re-sent a report it had no receipt for; the chain goes on.
+            return ReportDecision(Action.DUPLICATE, "duplicate report: already received")
         # R3: a certificate seen present (by pre-review or an attempt) and missing now.
         lost = report.missing & (chain.found | chain.confirmed | report.confirmed)
         if lost:
@@ -68,6 +72,8 @@ def decide_report(
         return ReportDecision(
             Action.DUPLICATE, f"duplicate report: already decided at {format_instant(decided[1])}"
         )
+    if report.detected_at in known.received:
+        return ReportDecision(Action.DUPLICATE, "duplicate report: already received")
     if not admission.retry:
         return ReportDecision(Action.AUTO_CORRECT, admission.reason)
     cursor = start_chain(report.detected_at, calendar, close_signals)

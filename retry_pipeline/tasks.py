@@ -23,6 +23,7 @@ from retry_pipeline.messages import parse_report
 from retry_pipeline.schedules import GridSchedule
 from retry_pipeline.service.letters import raw_text
 from retry_pipeline.service.pipeline import Pipeline
+from retry_pipeline.service.receipts import refusal_receipt
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,13 @@ app.conf.beat_schedule = {
 app.conf.beat_max_loop_interval = settings().beat_max_interval_s
 
 
+REPORT_TASKS = (names.REPORT_MISSING, names.REPORT_MISSING_BATCH)
+
+
 def _refuse(task: str, reason: str, payload: Any) -> dict[str, Any]:
-    letter = service().keep_dead_letter(task, reason, raw_text(payload))
+    # DESIGN 11: a refused report is answered too, when it names its application.
+    receipt = refusal_receipt(payload, reason) if task in REPORT_TASKS else None
+    letter = service().keep_dead_letter(task, reason, raw_text(payload), receipt)
     return {"status": "refused", "reason": reason, "dead_letter": letter}
 
 

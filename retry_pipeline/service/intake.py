@@ -19,6 +19,8 @@ from retry_pipeline.model import (
     Event,
     HistoryEntry,
     Outcome,
+    Receipt,
+    ReceiptStatus,
     Report,
     history_line,
     sorted_kinds,
@@ -27,9 +29,17 @@ from retry_pipeline.ports import UnitOfWork
 from retry_pipeline.rules import Admission, admit_report
 from retry_pipeline.service.context import Deps, close_signals
 from retry_pipeline.service.outcomes import end_chains, ending_line
+from retry_pipeline.service.receipts import keep_receipts, receipt_of
 
 MAX_CLOCK_SKEW = timedelta(minutes=5)  # a report may come from a host whose clock runs ahead
 RACE_TRIES = 5  # a concurrent report of the same application: read again and decide again
+RECEIPT_STATUS = {
+    Action.START: ReceiptStatus.ACCEPTED,
+    Action.MERGE: ReceiptStatus.MERGED,
+    Action.END: ReceiptStatus.AUTO_CORRECTED,  # R3: this report ends the chain at once
+    Action.DUPLICATE: ReceiptStatus.DUPLICATE,
+    Action.AUTO_CORRECT: ReceiptStatus.AUTO_CORRECTED,
+}
 
 
 @dataclass(frozen=True)
@@ -88,13 +98,21 @@ def _accept_in(
     apps = [r.subject.application for _, r, _a in admitted]
     live = u.chains.of_applications(apps, lock=True)
     decided = u.history.last_decisions(apps)
-    known = {app: Known(live.get(app), decided.get(app)) for app in apps}
+    taken = u.receipts.taken(apps)
+    known = {
+        app: Known(live.get(app), decided.get(app), frozenset(taken.get(app, ()))) for app in apps
+    }
     writes = _Writes(deps, now)
     results: dict[int, Accepted] = {}
     for index, report, admission in admitted:
         app = report.subject.application
         decision = decide_report(report, admission, known[app], deps.calendar, signals)
-        results[index], known[app] = writes.apply(report, decision, known[app])
+        before = known[app]
+        accepted, after = writes.apply(report, decision, before)
+        results[index] = accepted
+        known[app] = replace(after, received=before.received | {report.detected_at})
+        status = RECEIPT_STATUS[decision.action]
+        writes.receipts.append(receipt_of(report, status, accepted.chain_id, decision.reason))
     writes.commit(u)
     return results
 
@@ -110,6 +128,7 @@ class _Writes:
     endings: list[Ending] = field(default_factory=list)
     lines: list[HistoryEntry] = field(default_factory=list)
     slots: set[datetime] = field(default_factory=set)
+    receipts: list[Receipt] = field(default_factory=list)  # DESIGN 11: one per report
 
     def apply(self, report: Report, d: ReportDecision, known: Known) -> tuple[Accepted, Known]:
         """Record one decision; what this application is known as afterwards."""
@@ -142,8 +161,11 @@ class _Writes:
             accepted = Accepted(chain.chain_id, False, False, d.reason, None)
             return accepted, Known(None, (chain.chain_id, decided_at))
         if d.action is Action.DUPLICATE:
-            assert known.last_decision is not None
-            ended_id = known.last_decision[0]
+            if chain is not None:  # a re-sent report of the live chain
+                ended_id = chain.chain_id
+            else:
+                assert known.last_decision is not None
+                ended_id = known.last_decision[0]
             self.lines.append(
                 history_line(
                     ended_id, report.subject, Event.DUPLICATE, None, report.detected_at,
@@ -206,5 +228,6 @@ class _Writes:
         u.chains.insert(list(self.new.values()), self.now)
         u.chains.save(list(self.changed.values()), self.now)
         u.history.append(self.lines)
+        keep_receipts(self.deps, u, self.receipts, self.now)
         for slot in sorted(self.slots):
             u.after_commit(lambda t=slot: self.deps.slots.send_once(t))  # type: ignore[misc]

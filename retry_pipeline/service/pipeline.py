@@ -12,9 +12,9 @@ from datetime import datetime
 from retry_pipeline.calendar import BusinessCalendar
 from retry_pipeline.clock import Clock
 from retry_pipeline.errors import InvalidReport
-from retry_pipeline.model import PORTAL_STATUS_UNDER_REVIEW, Report
+from retry_pipeline.model import PORTAL_STATUS_UNDER_REVIEW, Receipt, Report
 from retry_pipeline.ports import CertificateRegistry, Dispatcher, ExaminationGateway, Store
-from retry_pipeline.service import closing, grid, intake, letters, outcomes, slots
+from retry_pipeline.service import closing, grid, intake, letters, outcomes, receipts, slots
 from retry_pipeline.service.context import Deps
 from retry_pipeline.service.grid import TickResult
 from retry_pipeline.service.intake import Accepted
@@ -81,9 +81,15 @@ class Pipeline:
         """The examination side acknowledges an outcome."""
         return outcomes.confirm_outcome(self.deps, idempotency_key)
 
-    def keep_dead_letter(self, task: str, reason: str, raw: str) -> int:
-        """Keep a refused message (its body as text)."""
-        return letters.keep_dead_letter(self.deps, task, reason, raw)
+    def keep_dead_letter(
+        self, task: str, reason: str, raw: str, receipt: Receipt | None = None
+    ) -> int:
+        """Keep a refused message (its body as text), with a refused report's receipt."""
+        return letters.keep_dead_letter(self.deps, task, reason, raw, receipt)
+
+    def relay_receipts(self, limit: int = receipts.RELAY_LIMIT) -> int:
+        """DESIGN 11: deliver the receipts the broker did not take at commit."""
+        return receipts.relay_receipts(self.deps, limit)
 
     def portal_status(self, application: str) -> str | None:
         """R14: 「検査申請審査中」 while the application's chain is live; None otherwise
