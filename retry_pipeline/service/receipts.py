@@ -8,6 +8,7 @@ waited, re-sends the report (``retry_pipeline.client.DurableSender``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -44,14 +45,10 @@ def refusal_receipt(message: Any, reason: str) -> Receipt | None:
         return None
     raw = message.get("detected_at")
     detected = raw if isinstance(raw, str) else ""
-    try:
+    with contextlib.suppress(InvalidInstant):  # unreadable: answered with its own text
         detected = format_instant(parse_instant(detected))
-    except InvalidInstant:
-        pass
     office_text = office.strip() if isinstance(office, str) else ""
-    return Receipt(
-        application.strip(), office_text, detected, ReceiptStatus.REFUSED, None, reason
-    )
+    return Receipt(application.strip(), office_text, detected, ReceiptStatus.REFUSED, None, reason)
 
 
 def keep_receipts(deps: Deps, u: UnitOfWork, receipts: Sequence[Receipt], now: datetime) -> None:

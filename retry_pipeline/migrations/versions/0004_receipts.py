@@ -37,9 +37,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_report_receipt_key", "report_receipt", ["application", "detected_at"], unique=False
     )
-    op.create_index(
-        op.f("ix_report_receipt_sent_at"), "report_receipt", ["sent_at"], unique=False
-    )
+    op.create_index(op.f("ix_report_receipt_sent_at"), "report_receipt", ["sent_at"], unique=False)
 
 
 def downgrade() -> None:
