@@ -27,6 +27,7 @@ from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.adapters.registry import to_row
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.calendar import BusinessCalendar, format_instant
+from retry_pipeline.client import DurableSender
 from retry_pipeline.clock import FileClock
 from retry_pipeline.config import PREFIX, Settings
 from retry_pipeline.model import Certificate
@@ -105,7 +106,7 @@ def run_simulation(
     workdir = options.workdir or Path(tmp.name)  # type: ignore[union-attr]
     workdir.mkdir(parents=True, exist_ok=True)
     database_url = f"sqlite:///{workdir / 'simulation.sqlite3'}"
-    for stale in workdir.glob("simulation.sqlite3*"):
+    for stale in [*workdir.glob("simulation.sqlite3*"), *workdir.glob("sender.sqlite3*")]:
         stale.unlink()
     for stale in workdir.glob("beat*-schedule*"):
         stale.unlink()
@@ -138,6 +139,8 @@ def run_simulation(
             env[f"{PREFIX}NEW_INSPECTION_RETRY_FROM"] = (
                 scenario.config.new_inspection_retry_from.isoformat()
             )
+        sender_url = f"sqlite:///{workdir / 'sender.sqlite3'}"
+        env[examination.SENDER_URL] = sender_url
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")] if p
         )
@@ -151,6 +154,12 @@ def run_simulation(
             options.loglevel,
             private,
         )
+        # The examination side keeps each report until its receipt arrives and re-sends
+        # it one slot after (simulated time): a report the broker forgot is not lost.
+        run.sender = DurableSender(
+            sender_url, broker_url=broker_url, queue=run.queue, clock=FileClock(clock_file).now,
+            resend_after=lead,
+        )  # fmt: skip
         run.start("worker")
         run.start(EXAMINATION)
         wait_ready(broker_url, run, 60)
@@ -230,6 +239,7 @@ def _drive(
         run.supervise(say)
         now = clock.now()
         injector.poll(now)
+        run.resend_due()
         while pending and pending[0][0] <= now:
             _, kind, index = pending.pop(0)
             if kind == 0:
@@ -248,8 +258,9 @@ def _drive(
                 f"{live} live"
             )
             last_said = time.monotonic()
+        unreceipted = run.unreceipted()
         done = not pending and live == 0 and unsent == 0 and injector.finished
-        done = done and set(applications) <= decided | refused
+        done = done and set(applications) <= decided | refused and unreceipted == 0
         if done:
             settled_since = settled_since or time.monotonic()
             if time.monotonic() - settled_since >= SETTLE_S:
@@ -263,6 +274,7 @@ def _drive(
         if injector.next_at is not None:
             nxt = min(nxt, injector.next_at) if nxt is not None else injector.next_at
         idle = unsent == 0 and queue_empty(run) and processed >= run.reports_sent
+        idle = idle and unreceipted == 0  # never jump past a report the broker may have lost
         if nxt is not None and nxt - now > IDLE_GAP and idle:
             target = nxt - LEAD
             say(f"idle until {format_instant(nxt)[:16]} JST: jumping")
