@@ -252,13 +252,14 @@ def _drive(
         processed, live, earliest, unsent = seen.processed, seen.live, seen.earliest, seen.unsent
         refused = {application_of(payload) for payload in seen.refused_payloads}
         decided = {o.application for o in examination.received(engine)}
+        unreceipted = run.unreceipted()
         if time.monotonic() - last_said > 2:
+            waiting = f", {unreceipted} report(s) without receipt" if unreceipted else ""
             say(
                 f"{format_instant(now)[:16]} JST: {len(decided)}/{len(applications)} decided, "
-                f"{live} live"
+                f"{live} live{waiting}"
             )
             last_said = time.monotonic()
-        unreceipted = run.unreceipted()
         done = not pending and live == 0 and unsent == 0 and injector.finished
         done = done and set(applications) <= decided | refused and unreceipted == 0
         if done:
