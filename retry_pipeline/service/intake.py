@@ -163,9 +163,8 @@ class _Writes:
         if d.action is Action.DUPLICATE:
             if chain is not None:  # a re-sent report of the live chain
                 ended_id = chain.chain_id
-            else:
-                assert known.last_decision is not None
-                ended_id = known.last_decision[0]
+            else:  # no decision on record: a receipt without history (none is ever pruned)
+                ended_id = known.last_decision[0] if known.last_decision else ""
             self.lines.append(
                 history_line(
                     ended_id, report.subject, Event.DUPLICATE, None, report.detected_at,

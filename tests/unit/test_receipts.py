@@ -193,3 +193,19 @@ def test_refusal_receipt_reads_what_it_can(message: dict[str, object], expected:
 @pytest.mark.parametrize("message", [[1, 2], "text", {"application": 5}, {"application": " "}])
 def test_a_message_without_an_application_gets_no_receipt(message: object) -> None:
     assert refusal_receipt(message, "why") is None
+
+
+def test_a_report_received_with_no_chain_or_decision_on_record_is_still_a_duplicate(
+    h: Harness,
+) -> None:
+    subject = continuous()
+    taken = Receipt(
+        subject.application, subject.office, "2026-11-27T08:36:00+09:00",
+        ReceiptStatus.ACCEPTED, "c-gone", "R1: retry target",
+    )  # fmt: skip
+    with h.store.unit() as u:
+        u.receipts.add([taken], jst(8, 36, 5))
+    h.at(jst(8, 37))
+    again = h.pipeline.accept_report(report(subject, {SAFETY}, jst(8, 36)))
+    assert (again.chain_id, again.created) == ("", False)
+    assert h.chain(subject.application) is None  # no second chain
