@@ -242,9 +242,9 @@ class DurableSender:
                 row.received_at, row.status, row.chain_id = self.clock(), status, chain_id
             return True
 
-    def resend_due(self) -> int:
-        """Send again every report without a receipt that was never sent or was sent
-        ``resend_after`` ago; how many."""
+    def resend_due(self, limit: int = 5000) -> int:
+        """Send again (up to ``limit``, oldest first) the reports without a receipt that were
+        never sent or were sent ``resend_after`` ago; how many."""
         before = self.clock() - self.resend_after
         with Session(self.engine) as session, session.begin():
             rows = session.scalars(
@@ -254,6 +254,7 @@ class DurableSender:
                     SentReport.sent_at.is_(None) | (SentReport.sent_at <= before),
                 )
                 .order_by(SentReport.id)
+                .limit(limit)
             ).all()
             due = [(json.loads(r.body), (r.application, r.detected_at)) for r in rows]
         if due:
