@@ -151,6 +151,9 @@ def report_key(application: str, detected_at: str) -> tuple[str, str]:
     return application.strip(), parsed.astimezone(UTC).isoformat()
 
 
+MAX_DOUBLINGS = 3  # the wait for a receipt grows to 8 x resend_after, no further
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -244,22 +247,31 @@ class DurableSender:
 
     def resend_due(self, limit: int = 5000) -> int:
         """Send again (up to ``limit``, oldest first) the reports without a receipt that were
-        never sent or were sent ``resend_after`` ago; how many."""
-        before = self.clock() - self.resend_after
+        never sent, or sent ``resend_after`` ago, doubled for each send beyond the first
+        (at most ``MAX_DOUBLINGS`` times): a slow pipeline is not flooded. How many."""
+        now = self.clock()
         with Session(self.engine) as session, session.begin():
             rows = session.scalars(
                 select(SentReport)
                 .where(
                     SentReport.received_at.is_(None),
-                    SentReport.sent_at.is_(None) | (SentReport.sent_at <= before),
+                    SentReport.sent_at.is_(None) | (SentReport.sent_at <= now - self.resend_after),
                 )
                 .order_by(SentReport.id)
-                .limit(limit)
             ).all()
-            due = [(json.loads(r.body), (r.application, r.detected_at)) for r in rows]
+            due = [
+                (json.loads(r.body), (r.application, r.detected_at))
+                for r in rows
+                if r.sent_at is None or r.sent_at <= now - self.wait_after(r.send_count)
+            ][:limit]
         if due:
             self._send([b for b, _ in due], [k for _, k in due])
         return len(due)
+
+    def wait_after(self, sends: int) -> timedelta:
+        """How long a report sent ``sends`` times waits for its receipt before the next send."""
+        doublings: int = min(max(sends - 1, 0), MAX_DOUBLINGS)
+        return self.resend_after * (1 << doublings)
 
     def counts(self) -> SenderCounts:
         """How many reports are kept, how many still wait for a receipt, how many resends."""

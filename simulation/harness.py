@@ -58,6 +58,7 @@ __all__ = ["Options", "RunStats", "SimulationError", "run_simulation", "simulate
 LEAD = timedelta(minutes=1)  # a jump lands this long before the next thing to happen
 IDLE_GAP = timedelta(minutes=20)  # only gaps longer than this are jumped over
 SETTLE_S = 0.5  # real seconds with nothing left to do before the run is over
+RESEND_EVERY_S = 0.25  # real seconds between the examination side's re-send sweeps
 MAX_RESTARTS = 30
 
 
@@ -227,7 +228,7 @@ def _drive(
     started = time.monotonic()
     pending = list(events)
     settled_since: float | None = None
-    last_said = 0.0
+    last_said = last_resend = 0.0
     while True:
         if time.monotonic() - started > options.timeout_s:
             raise SimulationError(
@@ -239,7 +240,9 @@ def _drive(
         run.supervise(say)
         now = clock.now()
         injector.poll(now)
-        run.resend_due()
+        if time.monotonic() - last_resend > RESEND_EVERY_S:
+            run.resend_due()
+            last_resend = time.monotonic()
         while pending and pending[0][0] <= now:
             _, kind, index = pending.pop(0)
             if kind == 0:
@@ -252,8 +255,8 @@ def _drive(
         processed, live, earliest, unsent = seen.processed, seen.live, seen.earliest, seen.unsent
         refused = {application_of(payload) for payload in seen.refused_payloads}
         decided = {o.application for o in examination.received(engine)}
-        unreceipted = run.unreceipted()
         if time.monotonic() - last_said > 2:
+            unreceipted = run.unreceipted()
             waiting = f", {unreceipted} report(s) without receipt" if unreceipted else ""
             say(
                 f"{format_instant(now)[:16]} JST: {len(decided)}/{len(applications)} decided, "
@@ -261,7 +264,8 @@ def _drive(
             )
             last_said = time.monotonic()
         done = not pending and live == 0 and unsent == 0 and injector.finished
-        done = done and set(applications) <= decided | refused and unreceipted == 0
+        # (run.unreceipted() last: it is only asked once everything else is settled)
+        done = done and set(applications) <= decided | refused and run.unreceipted() == 0
         if done:
             settled_since = settled_since or time.monotonic()
             if time.monotonic() - settled_since >= SETTLE_S:
@@ -275,8 +279,8 @@ def _drive(
         if injector.next_at is not None:
             nxt = min(nxt, injector.next_at) if nxt is not None else injector.next_at
         idle = unsent == 0 and queue_empty(run) and processed >= run.reports_sent
-        idle = idle and unreceipted == 0  # never jump past a report the broker may have lost
-        if nxt is not None and nxt - now > IDLE_GAP and idle:
+        if nxt is not None and nxt - now > IDLE_GAP and idle and run.unreceipted() == 0:
+            # (never jump past a report the broker may have lost: it waits for its re-send)
             target = nxt - LEAD
             say(f"idle until {format_instant(nxt)[:16]} JST: jumping")
             FileClock.write(run.clock_file, target, clock.scale)

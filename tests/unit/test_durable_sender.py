@@ -162,3 +162,17 @@ def test_a_report_without_its_key_is_refused_before_anything_is_kept(
     with pytest.raises(ValueError, match="application and a detected_at"):
         s.send(bad)
     assert s.counts().stored == 0
+
+
+def test_the_wait_for_a_receipt_doubles_with_each_resend_up_to_eight_times(url: str) -> None:
+    app, clock = RecordingApp(), Clock()
+    s = sender(url, app, clock)
+    s.send(body("A-1"))
+    sent_at = [T0]
+    for wait_min in (10, 20, 40, 80, 80):
+        clock.now = sent_at[-1] + timedelta(minutes=wait_min) - timedelta(seconds=1)
+        assert s.resend_due() == 0
+        clock.now = sent_at[-1] + timedelta(minutes=wait_min)
+        assert s.resend_due() == 1
+        sent_at.append(clock.now)
+    assert s.counts().resends == 5
