@@ -34,6 +34,7 @@ class Settings:
     examination_queue: str = names.DEFAULT_EXAMINATION_QUEUE  # where outcomes go (DESIGN 5)
     resume_task: str = names.DEFAULT_RESUME_TASK
     auto_correct_task: str = names.DEFAULT_AUTO_CORRECT_TASK
+    report_received_task: str = names.DEFAULT_REPORT_RECEIVED_TASK  # receipts (DESIGN 11)
     clock_file: str | None = None  # scaled clock shared by processes (simulate); unset = real
     beat_max_interval_s: float = 5.0
     # Countdowns never exceed one slot (10 min); redelivery after an hour is far beyond that.
@@ -55,6 +56,7 @@ class Settings:
     def signing(self) -> bool:
         """Whether messages are signed and only signed messages are taken."""
         return bool(self.security_key and self.security_certificate and self.security_cert_store)
+
     # Issue 12: a message over this many bytes (or compressed) is refused before decoding.
     max_body_bytes: int = 1_048_576
     dead_letter_retention_days: int = 90  # the daily purge keeps this many days
@@ -197,6 +199,7 @@ _TEXT = (
     "EXAMINATION_QUEUE",
     "RESUME_TASK",
     "AUTO_CORRECT_TASK",
+    "REPORT_RECEIVED_TASK",
     "CLOCK_FILE",
     "REGISTRY_URL",
     "SECURITY_KEY",

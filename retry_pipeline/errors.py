@@ -38,6 +38,7 @@ class DuplicateRecord(StoreError):
 class RegistryUnavailable(RetryPipelineError):
     """Kei-MOTAS could not be read (unreachable, timed out): decide nothing, try again."""
 
+
 class MessageRefused(RetryPipelineError):
     """A message was refused and is already kept as a dead letter.
 

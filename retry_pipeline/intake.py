@@ -26,7 +26,7 @@ class Action(StrEnum):
     START = "start"  # R4: the application's first record; a chain starts
     MERGE = "merge"  # R4: added to the live record; the chain goes on (R16)
     END = "end"  # R3: a certificate seen present is missing now: the live chain ends
-    DUPLICATE = "duplicate"  # detected before the application's last decision
+    DUPLICATE = "duplicate"  # taken before, or detected before the application's last decision
     AUTO_CORRECT = "auto_correct"  # R1/R3: auto-corrected at once, no chain
     REFUSE = "refuse"  # R4: contradicts the live record; R4a: stale (a dead letter)
 
@@ -40,6 +40,7 @@ class Known:
     # R3: found present for the application before: by an attempt of any of its chains,
     # or by an earlier report's ``confirmed``.
     found_before: frozenset[CertificateKind] = frozenset()
+    received: frozenset[datetime] = frozenset()  # detected_at of its reports already taken
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ def decide_report(
                 f"conflicting report (R4): {report.subject.application} has a live chain with "
                 f"{'; '.join(differ)}; refused, the live chain is unchanged",
             )
+        if report.detected_at in known.received:
+            # DESIGN 11: the sender re-sent a report it had no receipt for; the chain goes on.
+            return ReportDecision(Action.DUPLICATE, "duplicate report: already received")
         if _repeats(report, chain):  # the chain's own report again (a redelivery)
             return ReportDecision(Action.MERGE, "R4: merged")
         if stale:
@@ -95,6 +99,8 @@ def decide_report(
         return ReportDecision(
             Action.DUPLICATE, f"duplicate report: already decided at {format_instant(decided[1])}"
         )
+    if report.detected_at in known.received:
+        return ReportDecision(Action.DUPLICATE, "duplicate report: already received")
     if stale:
         return ReportDecision(Action.REFUSE, stale)
     if not admission.retry:

@@ -271,6 +271,40 @@ def idempotency_key(chain_id: str, outcome: Outcome) -> str:
     return f"{chain_id}:{outcome.value}"
 
 
+class ReceiptStatus(StrEnum):
+    """What became of a report, as its receipt tells the examination side (DESIGN 11)."""
+
+    ACCEPTED = "accepted"  # R4: a chain started
+    MERGED = "merged"  # R4: added to the live chain
+    DUPLICATE = "duplicate"  # taken before (a re-send) or detected before the last decision
+    AUTO_CORRECTED = "auto_corrected"  # R1, R3: decided at once by this report
+    REFUSED = "refused"  # not a valid report; kept as a dead letter
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The pipeline took a report: what became of it (DESIGN 11).
+
+    ``detected_at`` is ISO 8601 text: Japan time for a report that was read, the
+    message's own text for a refused one. ``chain_id`` is None for a refused report.
+    """
+
+    application: str
+    office: str
+    detected_at: str
+    status: ReceiptStatus
+    chain_id: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class PendingReceipt:
+    """A receipt row the relay has to deliver."""
+
+    id: int
+    receipt: Receipt
+
+
 @dataclass(frozen=True)
 class Dispatch:
     """An attempt the grid tick found due: chain, attempt number, slot."""

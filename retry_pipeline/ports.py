@@ -2,8 +2,8 @@
 
 The real adapters live in ``retry_pipeline.adapters``; one fake of each, for tests,
 lives in ``tests/fakes.py``. A unit of work is one transaction with a part per table
-group (``u.chains``, ``u.history``, ``u.outbox``, ``u.signals``, ``u.dead_letters``),
-as cosmicpython's ``uow.products``.
+group (``u.chains``, ``u.history``, ``u.outbox``, ``u.receipts``, ``u.signals``,
+``u.dead_letters``), as cosmicpython's ``uow.products``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from retry_pipeline.model import (
     HistoryEntry,
     LetterBody,
     PendingOutcome,
+    PendingReceipt,
+    Receipt,
 )
 
 
@@ -48,6 +50,10 @@ class ExaminationGateway(Protocol):
 
     def deliver(self, outcome: PendingOutcome) -> None:
         """Hand one outcome to the examination side (resume pre-review or auto-correct)."""
+        ...
+
+    def deliver_receipt(self, receipt: PendingReceipt) -> None:
+        """Hand one report's receipt to the examination side (DESIGN 11)."""
         ...
 
 
@@ -158,6 +164,26 @@ class Outbox(Protocol):
         ...
 
 
+class Receipts(Protocol):
+    """Receipts of the reports taken, on their way to the examination side (DESIGN 11)."""
+
+    def add(self, receipts: Sequence[Receipt], now: datetime) -> list[PendingReceipt]:
+        """Keep these receipts for delivery, in order."""
+        ...
+
+    def taken(self, applications: Sequence[str]) -> dict[str, set[datetime]]:
+        """The ``detected_at`` of each application's reports already taken (refusals aside)."""
+        ...
+
+    def pending(self, limit: int) -> list[PendingReceipt]:
+        """Receipts never handed to the broker, oldest first."""
+        ...
+
+    def mark_sent(self, receipt_ids: Sequence[int], now: datetime) -> None:
+        """The relay handed these receipts to the broker."""
+        ...
+
+
 class CloseSignals(Protocol):
     """Explicit OSS close signals (R10)."""
 
@@ -207,6 +233,9 @@ class UnitOfWork(Protocol):
 
     @property
     def outbox(self) -> Outbox: ...
+
+    @property
+    def receipts(self) -> Receipts: ...
 
     @property
     def signals(self) -> CloseSignals: ...

@@ -34,6 +34,7 @@ from retry_pipeline.schedules import GridSchedule, retry_countdown
 from retry_pipeline.service.intake import Accepted
 from retry_pipeline.service.letters import raw_text
 from retry_pipeline.service.pipeline import Pipeline
+from retry_pipeline.service.receipts import refusal_receipt
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,13 @@ if not settings().clock_file:
 app.conf.beat_max_loop_interval = settings().beat_max_interval_s
 
 
+REPORT_TASKS = (names.REPORT_MISSING, names.REPORT_MISSING_BATCH)
+
+
 def _keep(task: str, reason: str, payload: Any) -> int:
-    return service().keep_dead_letter(task, reason, raw_text(payload))
+    # DESIGN 11: a refused report is answered too, when it names its application.
+    receipt = refusal_receipt(payload, reason) if task in REPORT_TASKS else None
+    return service().keep_dead_letter(task, reason, raw_text(payload), receipt)
 
 
 def _refuse(task: str, reason: str, payload: Any) -> NoReturn:

@@ -5,6 +5,10 @@ harness as a process of its own beside the pipeline's worker, as the real
 examination side is: nothing is registered on the pipeline's app. Deliveries are
 at least once; the idempotency key makes a second one a no-op (it is counted, so
 tests can see redeliveries).
+
+Receipts (``examination.report_received``, DESIGN 11) go to the durable sender whose
+store ``SIMULATION_SENDER_URL`` names, as the real examination worker hands them to
+its ``retry_pipeline.client.DurableSender``: the sender stops re-sending that report.
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from retry_pipeline import names
 from retry_pipeline.adapters.db import make_engine
+from retry_pipeline.client import DurableSender
+from retry_pipeline.clock import clock_from
 from retry_pipeline.config import PREFIX
+from retry_pipeline.names import DEFAULT_REPORT_RECEIVED_TASK
 
 _env = os.environ.get
+SENDER_URL = "SIMULATION_SENDER_URL"  # not RETRY_PIPELINE_*: the pipeline refuses unknown ones
 
 
 def _make_app() -> Celery:
@@ -137,3 +145,21 @@ def resume_pre_review(**body: Any) -> None:
 def auto_correct(**body: Any) -> None:
     """Stand-in: the application is returned for correction."""
     _receive(names.DEFAULT_AUTO_CORRECT_TASK, body)
+
+
+@cache
+def sender() -> DurableSender:
+    """The durable sender of this examination side (the store the harness sends from)."""
+    clock = clock_from(_env(f"{PREFIX}CLOCK_FILE"))
+    return DurableSender(
+        os.environ[SENDER_URL],
+        broker_url=_env(f"{PREFIX}BROKER_URL"),
+        queue=_env(f"{PREFIX}QUEUE", names.DEFAULT_QUEUE),
+        clock=clock.now,
+    )
+
+
+@app.task(name=DEFAULT_REPORT_RECEIVED_TASK)
+def report_received(**body: Any) -> bool:
+    """A report's receipt: the sender keeps it no longer waiting (DESIGN 11)."""
+    return sender().receipt(**body)

@@ -22,7 +22,7 @@ from retry_pipeline.calendar import BusinessCalendar, to_local
 from retry_pipeline.clock import FileClock
 from retry_pipeline.config import Settings
 from retry_pipeline.policy import plan_attempts
-from simulation.processes import Progress, Run, client_app, queue_empty
+from simulation.processes import Progress, Run, client_app, queue_empty, queue_length
 from simulation.queries import count_live
 from simulation.scenario import Scenario
 
@@ -34,6 +34,10 @@ FAULTS = (
     "two-beats",  # a second beat runs at the same time for three slots
     "duplicate-report",  # the same report sent again
     "duplicate-attempt",  # a chain's next attempt message delivered twice
+    # the worker stops a minute before a report is sent; a minute after, with it queued,
+    # Redis is flushed (first time) or restarted without persistence (second), then the
+    # worker starts: the durable sender re-sends what has no receipt (DESIGN 11)
+    "flush-queued-reports",
 )
 PER_FAULT = 2
 
@@ -91,6 +95,25 @@ def plan_injections(
                     break
                 offset -= span
     return sorted(out, key=lambda i: (i.at, i.fault))
+
+
+QUEUED_LEAD = timedelta(minutes=1)  # the worker stops this long before a report is sent
+
+
+def before_reports(
+    plan: list[Injection], reports: Sequence[Any], rng: random.Random
+) -> list[Injection]:
+    """Move each ``flush-queued-reports`` to just before a report is sent (pure).
+
+    So reports are in the broker when it forgets; the other faults keep their moments.
+    """
+    moved = [
+        Injection(rng.choice(reports).detected_at - QUEUED_LEAD, i.fault)
+        if i.fault == "flush-queued-reports"
+        else i
+        for i in plan
+    ]
+    return sorted(moved, key=lambda i: (i.at, i.fault))
 
 
 @dataclass
@@ -177,6 +200,7 @@ def build_injector(
     start = min(r.detected_at for r in reports)
     end = max(plan_attempts(r.detected_at, calendar, signals).auto_correct_at for r in reports)
     plan = plan_injections(faults, fault_seed, calendar, start, end)
+    plan = before_reports(plan, reports, random.Random(f"{fault_seed}-queued"))
     rng = random.Random(fault_seed)
     step = timedelta(minutes=calendar.settings.step_min)
     injector: Injector
@@ -241,6 +265,29 @@ def build_injector(
             )
         return True
 
+    losses = 0
+
+    def flush_queued_reports(now: datetime) -> bool:
+        run.stop("worker", kill=True)  # reports now wait in the broker
+
+        def lose_them() -> None:
+            nonlocal losses
+            queued = queue_length(run)
+            if losses % 2 == 0:
+                client = redis.Redis.from_url(run.broker_url)
+                try:
+                    client.flushdb()
+                finally:
+                    client.close()
+            else:
+                run.restart_redis()
+            losses += 1
+            say(f"lost {queued} queued message(s) with the broker; worker starts again")
+            run.start("worker")
+
+        injector.defer(now + 2 * QUEUED_LEAD, lose_them)  # the report is queued by then
+        return True
+
     def live_count() -> int:
         with Session(store.engine) as session, session.begin():
             return count_live(session)
@@ -249,6 +296,7 @@ def build_injector(
         "kill-worker": kill_worker, "kill-beat": kill_beat, "two-beats": two_beats,
         "flush-redis": flush_redis, "restart-redis": restart_redis,
         "duplicate-report": duplicate_report, "duplicate-attempt": duplicate_attempt,
+        "flush-queued-reports": flush_queued_reports,
     }  # fmt: skip
     injector = Injector(plan, actions, live_count, say)
     return injector

@@ -28,6 +28,7 @@ from retry_pipeline.adapters.orm import create_registry_standin
 from retry_pipeline.adapters.registry import to_row
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.calendar import BusinessCalendar, format_instant
+from retry_pipeline.client import DurableSender
 from retry_pipeline.clock import FileClock
 from retry_pipeline.config import PREFIX, Settings
 from retry_pipeline.model import Certificate
@@ -59,6 +60,7 @@ __all__ = ["Options", "RunStats", "SimulationError", "run_simulation", "simulate
 LEAD = timedelta(minutes=1)  # a jump lands this long before the next thing to happen
 IDLE_GAP = timedelta(minutes=20)  # only gaps longer than this are jumped over
 SETTLE_S = 0.5  # real seconds with nothing left to do before the run is over
+RESEND_EVERY_S = 0.25  # real seconds between the examination side's re-send sweeps
 MAX_RESTARTS = 30
 
 
@@ -107,7 +109,7 @@ def run_simulation(
     workdir = options.workdir or Path(tmp.name)  # type: ignore[union-attr]
     workdir.mkdir(parents=True, exist_ok=True)
     database_url = f"sqlite:///{workdir / 'simulation.sqlite3'}"
-    for stale in workdir.glob("simulation.sqlite3*"):
+    for stale in [*workdir.glob("simulation.sqlite3*"), *workdir.glob("sender.sqlite3*")]:
         stale.unlink()
     for stale in workdir.glob("beat*-schedule*"):
         stale.unlink()
@@ -142,6 +144,8 @@ def run_simulation(
             env[f"{PREFIX}NEW_INSPECTION_RETRY_FROM"] = (
                 scenario.config.new_inspection_retry_from.isoformat()
             )
+        sender_url = f"sqlite:///{workdir / 'sender.sqlite3'}"
+        env[examination.SENDER_URL] = sender_url
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")] if p
         )
@@ -155,6 +159,12 @@ def run_simulation(
             options.loglevel,
             private,
         )
+        # The examination side keeps each report until its receipt arrives and re-sends
+        # it one slot after (simulated time): a report the broker forgot is not lost.
+        run.sender = DurableSender(
+            sender_url, broker_url=broker_url, queue=run.queue, clock=FileClock(clock_file).now,
+            resend_after=lead,
+        )  # fmt: skip
         run.start("worker")
         run.start(EXAMINATION)
         wait_ready(broker_url, run, 60)
@@ -222,7 +232,7 @@ def _drive(
     started = time.monotonic()
     pending = list(events)
     settled_since: float | None = None
-    last_said = 0.0
+    last_said = last_resend = 0.0
     while True:
         if time.monotonic() - started > options.timeout_s:
             raise SimulationError(
@@ -234,6 +244,9 @@ def _drive(
         run.supervise(say)
         now = clock.now()
         injector.poll(now)
+        if time.monotonic() - last_resend > RESEND_EVERY_S:
+            run.resend_due()
+            last_resend = time.monotonic()
         while pending and pending[0][0] <= now:
             at, kind, index = pending.pop(0)
             if kind == 0:
@@ -247,13 +260,16 @@ def _drive(
         refused = {application_of(payload) for payload in seen.refused_payloads}
         decided = {o.application for o in examination.received(engine)}
         if time.monotonic() - last_said > 2:
+            unreceipted = run.unreceipted()
+            waiting = f", {unreceipted} report(s) without receipt" if unreceipted else ""
             say(
                 f"{format_instant(now)[:16]} JST: {len(decided)}/{len(applications)} decided, "
-                f"{live} live"
+                f"{live} live{waiting}"
             )
             last_said = time.monotonic()
         done = not pending and live == 0 and unsent == 0 and injector.finished
-        done = done and set(applications) <= decided | refused
+        # (run.unreceipted() last: it is only asked once everything else is settled)
+        done = done and set(applications) <= decided | refused and run.unreceipted() == 0
         if done:
             settled_since = settled_since or time.monotonic()
             if time.monotonic() - settled_since >= SETTLE_S:
@@ -267,7 +283,8 @@ def _drive(
         if injector.next_at is not None:
             nxt = min(nxt, injector.next_at) if nxt is not None else injector.next_at
         idle = unsent == 0 and queue_empty(run) and processed >= run.reports_sent
-        if nxt is not None and nxt - now > IDLE_GAP and idle:
+        if nxt is not None and nxt - now > IDLE_GAP and idle and run.unreceipted() == 0:
+            # (never jump past a report the broker may have lost: it waits for its re-send)
             target = nxt - LEAD
             say(f"idle until {format_instant(nxt)[:16]} JST: jumping")
             FileClock.write(run.clock_file, target, clock.scale)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import redis
 from celery import Celery
 
 from retry_pipeline import names
-from retry_pipeline.client import report_missing
+from retry_pipeline.client import DurableSender, report_missing
 from retry_pipeline.config import PREFIX
 from retry_pipeline.errors import RetryPipelineError
 from simulation.redis_server import PrivateRedis, answers, start_private_redis
@@ -50,11 +51,30 @@ class Run:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
     reports_sent: int = 0
+    sender: DurableSender | None = None  # the examination side's (DESIGN 11)
 
     def send_report(self, body: dict[str, Any], sent_at: datetime | None = None) -> None:
         """Send a report the way the examination worker does, and count it."""
-        report_missing(body, broker_url=self.broker_url, queue=self.queue, sent_at=sent_at)
+        if self.sender is not None:
+            # Kept (committed) before it is sent: when the broker is down, resend_due sends it.
+            with contextlib.suppress(Exception):
+                self.sender.send(body)
+        else:
+            report_missing(body, broker_url=self.broker_url, queue=self.queue, sent_at=sent_at)
         self.reports_sent += 1
+
+    def resend_due(self) -> int:
+        """The examination side re-sends reports whose receipt is overdue."""
+        if self.sender is None:
+            return 0
+        try:
+            return self.sender.resend_due()
+        except Exception:  # the broker is down: the next call tries again
+            return 0
+
+    def unreceipted(self) -> int:
+        """Reports sent whose receipt has not arrived (0 without a durable sender)."""
+        return self.sender.counts().unreceipted if self.sender is not None else 0
 
     @property
     def queue(self) -> str:
@@ -199,9 +219,14 @@ def client_app(broker_url: str) -> Celery:
     return app
 
 
-def queue_empty(run: Run) -> bool:
+def queue_length(run: Run) -> int:
+    """Messages waiting in the run's queue."""
     client = redis.Redis.from_url(run.broker_url)
     try:
-        return int(client.llen(run.queue)) == 0
+        return int(client.llen(run.queue))
     finally:
         client.close()
+
+
+def queue_empty(run: Run) -> bool:
+    return queue_length(run) == 0

@@ -6,7 +6,8 @@
   when its block raises, ``after_commit`` actions only after a commit, the same
   orderings). Units do not nest: SQLite's write lock (``BEGIN IMMEDIATE``) would make
   a nested unit wait for the open one forever, so the fake refuses at once.
-- ``RecordingDispatcher``, ``RecordingGateway``: record what the pipeline sends.
+- ``RecordingDispatcher``, ``RecordingGateway``: record what the pipeline sends (slots;
+  outcomes and receipts).
 - ``MemoryRegistry``: Kei-MOTAS from a list of certificates, by the pure rules.
 - ``Harness``: a ``Pipeline`` with its clock and fakes, and the steps tests walk
   (``at``, ``deliver``, ``walk``), over any store (``over_fakes``, ``over_sql``).
@@ -48,7 +49,10 @@ from retry_pipeline.model import (
     LetterBody,
     Outcome,
     PendingOutcome,
+    PendingReceipt,
     Procedure,
+    Receipt,
+    ReceiptStatus,
     Report,
     SafetyCertificate,
     idempotency_key,
@@ -140,6 +144,17 @@ class OutboxEntry:
 
 
 @dataclass(frozen=True)
+class ReceiptEntry:
+    """One row of the fake receipt table."""
+
+    id: int
+    receipt: Receipt
+    created_at: datetime
+    sent_at: datetime | None = None
+    send_count: int = 0
+
+
+@dataclass(frozen=True)
 class SignalEntry:
     """One row of the fake close-signal table."""
 
@@ -157,8 +172,10 @@ class FakeTables:
     outbox: dict[int, OutboxEntry] = field(default_factory=dict)
     signals: list[SignalEntry] = field(default_factory=list)
     dead_letters: dict[int, DeadLetter] = field(default_factory=dict)
+    receipts: dict[int, ReceiptEntry] = field(default_factory=dict)
     next_outbox_id: int = 1
     next_letter_id: int = 1
+    next_receipt_id: int = 1
 
     def copy(self) -> FakeTables:
         return replace(
@@ -168,6 +185,7 @@ class FakeTables:
             outbox=dict(self.outbox),
             signals=list(self.signals),
             dead_letters=dict(self.dead_letters),
+            receipts=dict(self.receipts),
         )
 
 
@@ -389,6 +407,43 @@ class FakeOutbox:
         return sum(1 for e in self._t.outbox.values() if e.confirmed_at is None)
 
 
+class FakeReceipts:
+    """``u.receipts`` in memory (``adapters.receipts.SqlReceipts``)."""
+
+    def __init__(self, tables: FakeTables) -> None:
+        self._t = tables
+
+    def add(self, receipts: Sequence[Receipt], now: datetime) -> list[PendingReceipt]:
+        out = []
+        for receipt in receipts:
+            row = ReceiptEntry(self._t.next_receipt_id, receipt, _utc(now))
+            self._t.receipts[row.id] = row
+            self._t.next_receipt_id += 1
+            out.append(PendingReceipt(row.id, receipt))
+        return out
+
+    def taken(self, applications: Sequence[str]) -> dict[str, set[datetime]]:
+        wanted = set(applications)
+        found: dict[str, set[datetime]] = {}
+        for row in self._t.receipts.values():
+            r = row.receipt
+            if r.application in wanted and r.status is not ReceiptStatus.REFUSED:
+                found.setdefault(r.application, set()).add(datetime.fromisoformat(r.detected_at))
+        return found
+
+    def pending(self, limit: int) -> list[PendingReceipt]:
+        due = [r for r in sorted(self._t.receipts.values(), key=lambda r: r.id) if not r.sent_at]
+        return [PendingReceipt(r.id, r.receipt) for r in due[:limit]]
+
+    def mark_sent(self, receipt_ids: Sequence[int], now: datetime) -> None:
+        for receipt_id in receipt_ids:
+            row = self._t.receipts.get(receipt_id)
+            if row is not None:
+                self._t.receipts[receipt_id] = replace(
+                    row, sent_at=_utc(now), send_count=row.send_count + 1
+                )
+
+
 class FakeCloseSignals:
     """``u.signals`` in memory (``adapters.side_tables.SqlCloseSignals``)."""
 
@@ -445,6 +500,7 @@ class FakeUnitOfWork:
         self.chains = FakeChains(tables, race)
         self.history = FakeHistory(tables)
         self.outbox = FakeOutbox(tables)
+        self.receipts = FakeReceipts(tables)
         self.signals = FakeCloseSignals(tables)
         self.dead_letters = FakeDeadLetters(tables)
         self.on_commit: list[Callable[[], None]] = []
@@ -504,6 +560,7 @@ class FakeStore:
         t.chains, t.history, t.outbox = snapshot.chains, snapshot.history, snapshot.outbox
         t.signals, t.dead_letters = snapshot.signals, snapshot.dead_letters
         t.next_outbox_id, t.next_letter_id = snapshot.next_outbox_id, snapshot.next_letter_id
+        t.receipts, t.next_receipt_id = snapshot.receipts, snapshot.next_receipt_id
 
 
 # -- the broker and the examination side --------------------------------------------------
@@ -532,16 +589,25 @@ class RecordingDispatcher:
 
 @dataclass
 class RecordingGateway:
-    """``ports.ExaminationGateway``: keeps every outcome; the next ``failures`` calls raise."""
+    """``ports.ExaminationGateway``: keeps every outcome and receipt; the next ``failures``
+    outcome deliveries (``receipt_failures`` receipt deliveries) raise."""
 
     delivered: list[PendingOutcome] = field(default_factory=list)
+    receipts: list[PendingReceipt] = field(default_factory=list)
     failures: int = 0
+    receipt_failures: int = 0
 
     def deliver(self, outcome: PendingOutcome) -> None:
         if self.failures > 0:
             self.failures -= 1
             raise ConnectionError("examination side unreachable")
         self.delivered.append(outcome)
+
+    def deliver_receipt(self, receipt: PendingReceipt) -> None:
+        if self.receipt_failures > 0:
+            self.receipt_failures -= 1
+            raise ConnectionError("examination side unreachable")
+        self.receipts.append(receipt)
 
 
 # -- Kei-MOTAS --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Celery adapters: slot messages with ETAs, and outcomes to the examination side by name."""
+"""Celery adapters: slot messages with ETAs; outcomes and receipts to the examination side."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from retry_pipeline.calendar import format_instant
 from retry_pipeline.clock import Clock
 from retry_pipeline.config import Settings
-from retry_pipeline.model import Outcome, PendingOutcome
+from retry_pipeline.model import Outcome, PendingOutcome, PendingReceipt
 from retry_pipeline.names import ATTEMPT_SLOT
 
 
@@ -40,8 +40,22 @@ def outcome_message(outcome: PendingOutcome) -> dict[str, Any]:
     }
 
 
+def receipt_message(pending: PendingReceipt) -> dict[str, Any]:
+    """The JSON body of ``examination.report_received`` (DESIGN 11)."""
+    r = pending.receipt
+    return {
+        "application": r.application,
+        "office": r.office,
+        "detected_at": r.detected_at,
+        "status": r.status.value,
+        "chain_id": r.chain_id,
+        "reason": r.reason,
+    }
+
+
 class CeleryExaminationGateway:
-    """Sends ``examination.resume_pre_review`` / ``examination.auto_correct`` by name."""
+    """Sends outcomes (``examination.resume_pre_review`` / ``examination.auto_correct``) and
+    receipts (``examination.report_received``) by name."""
 
     def __init__(self, app: Any, settings: Settings) -> None:
         self.app = app
@@ -51,3 +65,8 @@ class CeleryExaminationGateway:
         s = self.settings
         name = s.resume_task if outcome.outcome is Outcome.RESUMED else s.auto_correct_task
         self.app.send_task(name, kwargs=outcome_message(outcome), queue=s.examination_queue)
+
+    def deliver_receipt(self, receipt: PendingReceipt) -> None:
+        s = self.settings
+        body = receipt_message(receipt)
+        self.app.send_task(s.report_received_task, kwargs=body, queue=s.examination_queue)

@@ -1,4 +1,4 @@
-"""Tables (SQLAlchemy 2 typed ORM): retry table, history, outbox, close signals, Kei-MOTAS.
+"""Tables (SQLAlchemy 2 typed ORM): retry table, history, outbox, receipts, Kei-MOTAS.
 
 The pipeline's own tables are on ``Base`` (its migrations create them). The Kei-MOTAS
 tables are on ``RegistryBase``: another system owns them (docs/registry.md); the
@@ -208,6 +208,7 @@ class DeadLetterRow(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     headers: Mapped[str | None] = mapped_column(Text)
 
+
 class UserRow(Base):
     """A console login: office staff see their office only; an operator sees every office."""
 
@@ -249,3 +250,21 @@ class HeartbeatRow(Base):
 def create_registry_standin(engine: Any) -> None:
     """Create the Kei-MOTAS tables (a stand-in for simulations and tests, never production)."""
     RegistryBase.metadata.create_all(engine)
+
+
+class ReceiptRow(Base):
+    """A report's receipt waiting for the relay (DESIGN 11); one per report taken."""
+
+    __tablename__ = "report_receipt"
+    __table_args__ = (Index("ix_report_receipt_key", "application", "detected_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    application: Mapped[str] = mapped_column(String(64))
+    office: Mapped[str] = mapped_column(String(32))
+    detected_at: Mapped[str] = mapped_column(String(64))  # ISO text, as in the receipt
+    status: Mapped[str] = mapped_column(String(16))
+    chain_id: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    send_count: Mapped[int] = mapped_column(Integer, default=0)

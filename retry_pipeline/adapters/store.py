@@ -1,9 +1,9 @@
 """The unit of work over SQL (DESIGN 1, 3, 5): one transaction, a part per table group.
 
 ``RetryStore.unit()`` opens a ``SqlUnitOfWork``; its parts (``u.chains``,
-``u.history``, ``u.outbox``, ``u.signals``, ``u.dead_letters``) read and write inside
-that one transaction, which commits when the block ends and rolls back entirely when
-it raises. Actions registered with ``after_commit`` run only after the commit.
+``u.history``, ``u.outbox``, ``u.receipts``, ``u.signals``, ``u.dead_letters``) read and
+write inside that one transaction, which commits when the block ends and rolls back
+entirely when it raises. Actions registered with ``after_commit`` run only after the commit.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from retry_pipeline.adapters.chains import SqlChains
 from retry_pipeline.adapters.db import make_engine, make_sessions
 from retry_pipeline.adapters.history import SqlHistory
 from retry_pipeline.adapters.outbox import SqlOutbox
+from retry_pipeline.adapters.receipts import SqlReceipts
 from retry_pipeline.adapters.side_tables import SqlCloseSignals, SqlDeadLetters
 
 
@@ -29,6 +30,7 @@ class SqlUnitOfWork:
         self.chains = SqlChains(session)
         self.history = SqlHistory(session)
         self.outbox = SqlOutbox(session)
+        self.receipts = SqlReceipts(session)
         self.signals = SqlCloseSignals(session)
         self.dead_letters = SqlDeadLetters(session)
         self.on_commit: list[Callable[[], None]] = []

@@ -5,6 +5,7 @@
 - ``grid``: the grid tick (DESIGN 4): re-send what is due and did not run.
 - ``closing``: the OSS close (R10): park every live chain.
 - ``outcomes``: endings into the outbox and the relay to the examination side (DESIGN 5).
+- ``receipts``: every report taken gets a receipt to the examination side (DESIGN 11).
 - ``letters``: the one way a refused message is kept.
 - ``pipeline``: ``Pipeline``, the entry point that tasks and the CLI call.
 """

@@ -10,6 +10,7 @@ from retry_pipeline.model import Dispatch
 from retry_pipeline.service.closing import park_if_closed
 from retry_pipeline.service.context import Deps
 from retry_pipeline.service.outcomes import relay
+from retry_pipeline.service.receipts import relay_receipts
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ class TickResult:
 
 
 def tick(deps: Deps) -> TickResult:
-    """Park at the close, release at 08:30 (R11, R13), re-send what is due, relay outcomes."""
+    """Park at the close, release at 08:30 (R11, R13), re-send what is due, relay the outbox."""
     now = deps.clock.now()
     result = TickResult()
     try:
@@ -48,4 +49,5 @@ def tick(deps: Deps) -> TickResult:
     for slot in sorted(slots):
         deps.dispatcher.send_slot(slot)  # one message decides the whole slot
     result.relayed = relay(deps)
+    relay_receipts(deps)
     return result

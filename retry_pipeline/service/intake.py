@@ -21,6 +21,8 @@ from retry_pipeline.model import (
     Event,
     HistoryEntry,
     Outcome,
+    Receipt,
+    ReceiptStatus,
     Report,
     history_line,
     sorted_kinds,
@@ -29,9 +31,17 @@ from retry_pipeline.ports import UnitOfWork
 from retry_pipeline.rules import Admission, admit_report
 from retry_pipeline.service.context import Deps, close_signals
 from retry_pipeline.service.outcomes import end_chains, ending_line
+from retry_pipeline.service.receipts import keep_receipts, receipt_of
 
 MAX_CLOCK_SKEW = timedelta(minutes=5)  # a report may come from a host whose clock runs ahead
 RACE_TRIES = 5  # a concurrent report of the same application: read again and decide again
+RECEIPT_STATUS = {
+    Action.START: ReceiptStatus.ACCEPTED,
+    Action.MERGE: ReceiptStatus.MERGED,
+    Action.END: ReceiptStatus.AUTO_CORRECTED,  # R3: this report ends the chain at once
+    Action.DUPLICATE: ReceiptStatus.DUPLICATE,
+    Action.AUTO_CORRECT: ReceiptStatus.AUTO_CORRECTED,
+}
 
 
 @dataclass(frozen=True)
@@ -108,8 +118,15 @@ def _accept_in(
     live = u.chains.of_applications(apps, lock=True)
     decided = u.history.last_decisions(apps)
     found = u.history.found_present(apps)
+    taken = u.receipts.taken(apps)
     known = {
-        app: Known(live.get(app), decided.get(app), found.get(app, frozenset())) for app in apps
+        app: Known(
+            live.get(app),
+            decided.get(app),
+            found.get(app, frozenset()),
+            frozenset(taken.get(app, ())),
+        )
+        for app in apps
     }
     writes = _Writes(deps, now)
     results: dict[int, Accepted | InvalidReport] = {}
@@ -118,7 +135,14 @@ def _accept_in(
         decision = decide_report(
             report, admission, known[app], deps.calendar, signals, arrived_at=arrived
         )
-        results[index], known[app] = writes.apply(report, decision, known[app])
+        before = known[app]
+        result, after = writes.apply(report, decision, before)
+        results[index] = result
+        if isinstance(result, InvalidReport):
+            continue  # refused: the task keeps the dead letter and its refused receipt
+        known[app] = replace(after, received=before.received | {report.detected_at})
+        status = RECEIPT_STATUS[decision.action]
+        writes.receipts.append(receipt_of(report, status, result.chain_id, decision.reason))
     writes.commit(u)
     return results
 
@@ -134,6 +158,7 @@ class _Writes:
     endings: list[Ending] = field(default_factory=list)
     lines: list[HistoryEntry] = field(default_factory=list)
     slots: set[datetime] = field(default_factory=set)
+    receipts: list[Receipt] = field(default_factory=list)  # DESIGN 11: one per report
 
     def apply(
         self, report: Report, d: ReportDecision, known: Known
@@ -172,8 +197,10 @@ class _Writes:
             accepted = Accepted(chain.chain_id, False, False, d.reason, None, d.action)
             return accepted, replace(known, live=None, last_decision=(chain.chain_id, decided_at))
         if d.action is Action.DUPLICATE:
-            assert known.last_decision is not None
-            ended_id = known.last_decision[0]
+            if chain is not None:  # a re-sent report of the live chain
+                ended_id = chain.chain_id
+            else:  # no decision on record: a receipt without history (none is ever pruned)
+                ended_id = known.last_decision[0] if known.last_decision else ""
             self.lines.append(
                 history_line(
                     ended_id, report.subject, Event.DUPLICATE, None, report.detected_at,
@@ -241,5 +268,6 @@ class _Writes:
         u.chains.insert(list(self.new.values()), self.now)
         u.chains.save(list(self.changed.values()), self.now)
         u.history.append(self.lines)
+        keep_receipts(self.deps, u, self.receipts, self.now)
         for slot in sorted(self.slots):
             u.after_commit(lambda t=slot: self.deps.slots.send_once(t))  # type: ignore[misc]

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from retry_pipeline.model import LetterBody
+from retry_pipeline.model import LetterBody, Receipt
 from retry_pipeline.service.context import Deps
+from retry_pipeline.service.receipts import keep_receipts
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +28,21 @@ def keep_dead_letter(
     task: str,
     reason: str,
     raw: str | bytes,
+    receipt: Receipt | None = None,
     *,
     headers: Mapping[str, Any] | None = None,
     whole: LetterBody | None = None,
 ) -> int:
     """Store the refused message (``raw``: its body, or its head with ``whole``); its id.
 
+    A refused report's ``receipt`` (DESIGN 11) is written in the same transaction.
     Raises when the letter could not be stored: the caller must then not acknowledge
     the message.
     """
+    now = deps.clock.now()
     with deps.store.unit() as u:
-        letter = u.dead_letters.add(
-            task, reason, raw, deps.clock.now(), headers=headers, whole=whole
-        )
+        letter = u.dead_letters.add(task, reason, raw, now, headers=headers, whole=whole)
+        keep_receipts(deps, u, [receipt] if receipt else [], now)
     log.error("refused %s (dead letter %d): %s", task, letter, reason)
     return letter
 

@@ -13,9 +13,9 @@ from typing import Any
 from retry_pipeline.calendar import BusinessCalendar
 from retry_pipeline.clock import Clock
 from retry_pipeline.errors import InvalidReport
-from retry_pipeline.model import PORTAL_STATUS_UNDER_REVIEW, LetterBody, Report
+from retry_pipeline.model import PORTAL_STATUS_UNDER_REVIEW, LetterBody, Receipt, Report
 from retry_pipeline.ports import CertificateRegistry, Dispatcher, ExaminationGateway, Store
-from retry_pipeline.service import closing, grid, intake, letters, outcomes, slots
+from retry_pipeline.service import closing, grid, intake, letters, outcomes, receipts, slots
 from retry_pipeline.service.context import Deps
 from retry_pipeline.service.grid import TickResult
 from retry_pipeline.service.intake import Accepted
@@ -93,16 +93,24 @@ class Pipeline:
         task: str,
         reason: str,
         raw: str | bytes,
+        receipt: Receipt | None = None,
         *,
         headers: Mapping[str, Any] | None = None,
         whole: LetterBody | None = None,
     ) -> int:
-        """Keep a refused message (its body, or its head with ``whole``); raises if it cannot."""
-        return letters.keep_dead_letter(self.deps, task, reason, raw, headers=headers, whole=whole)
+        """Keep a refused message (its body, or its head with ``whole``), with a refused
+        report's receipt; raises if it cannot."""
+        return letters.keep_dead_letter(
+            self.deps, task, reason, raw, receipt, headers=headers, whole=whole
+        )
 
     def purge_dead_letters(self, older_than: timedelta) -> int:
         """Retention: delete dead letters older than ``older_than``."""
         return letters.purge_dead_letters(self.deps, older_than)
+
+    def relay_receipts(self, limit: int = receipts.RELAY_LIMIT) -> int:
+        """DESIGN 11: deliver the receipts the broker did not take at commit."""
+        return receipts.relay_receipts(self.deps, limit)
 
     def portal_status(self, application: str) -> str | None:
         """R14: 「検査申請審査中」 while the application's chain is live; None otherwise

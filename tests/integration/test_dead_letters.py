@@ -21,9 +21,12 @@ from celery import Celery
 from click.testing import CliRunner
 from kombu import serialization
 from kombu.exceptions import ContentDisallowed
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 import celeryconfig
 from retry_pipeline import client, names
+from retry_pipeline.adapters.orm import ReceiptRow
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.cli import main
 from retry_pipeline.messages import MAX_PAYLOAD_BYTES
@@ -279,6 +282,24 @@ def test_report_sent_with_the_client_becomes_a_dead_letter(
     letter = wait_letter(store, worker, mark)
     assert "missing" in letter.reason
     assert json.loads(letter.payload)["application"] == mark
+
+
+def test_a_refused_report_gets_a_refused_receipt_beside_its_dead_letter(
+    worker: Worker, store: RetryStore
+) -> None:
+    mark = marker()
+    client.report_missing(
+        report(mark, missing=[]), broker_url=worker.broker_url, queue=worker.queue
+    )
+    letter = wait_letter(store, worker, mark)
+
+    def sent_receipts() -> list[ReceiptRow]:
+        with Session(store.engine) as session:
+            rows = session.scalars(select(ReceiptRow).where(ReceiptRow.application == mark))
+            return [r for r in rows if r.sent_at is not None]  # handed to the broker
+
+    rows = wait_for(sent_receipts, LETTER_TIMEOUT_S, f"the receipt of {mark}", worker)
+    assert [(r.status, r.chain_id, r.reason) for r in rows] == [("refused", None, letter.reason)]
 
 
 def test_report_as_keyword_fields_with_extra_key_becomes_a_dead_letter(

@@ -65,6 +65,7 @@ from retry_pipeline.model import (
     InsuranceCertificate,
     Outcome,
     PendingOutcome,
+    PendingReceipt,
     Procedure,
     Report,
     SafetyCertificate,
@@ -167,6 +168,9 @@ class RecordingGateway:
             then, self.then = self.then, None
         if then is not None:
             then()
+
+    def deliver_receipt(self, receipt: PendingReceipt) -> None:
+        """Receipts (DESIGN 11) are not what these faults are about."""
 
     def of(self, application: str) -> list[PendingOutcome]:
         with self._lock:
@@ -1008,6 +1012,9 @@ class SuicidalGateway:
     def deliver(self, outcome: PendingOutcome) -> None:
         print("DELIVER", outcome.idempotency_key, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
+
+    def deliver_receipt(self, receipt: PendingReceipt) -> None:
+        """Receipts go; only an outcome's send dies."""
 
 
 class ArmingRegistry(RegistryWrapper):

@@ -180,6 +180,37 @@ def test_merge_even_when_a_decision_came_later(cal: BusinessCalendar) -> None:
     assert decide_report(again, RETRY, known, cal, ()).action is Action.MERGE
 
 
+# -- a report taken before (DESIGN 11: the durable sender re-sends until its receipt) ---------
+
+
+@pytest.mark.parametrize("found", [set(), {SAFETY}], ids=["nothing-found", "found-by-an-attempt"])
+def test_a_report_already_received_is_a_duplicate_of_the_live_chain(
+    cal: BusinessCalendar, found: set[CertificateKind]
+) -> None:
+    subject = continuous()
+    first = report(subject, {SAFETY, INSURANCE}, FRI_0836)
+    live = chain_of(first, SAME_DAY_0840, found=found)
+    d = decide_report(first, RETRY, Known(live=live, received=frozenset({FRI_0836})), cal, ())
+    assert d == ReportDecision(Action.DUPLICATE, "duplicate report: already received")
+
+
+def test_another_detection_time_of_the_same_application_still_merges(
+    cal: BusinessCalendar,
+) -> None:
+    subject = continuous()
+    live = chain_of(report(subject, {SAFETY}, FRI_0836), SAME_DAY_0840)
+    later = report(subject, {SAFETY}, datetime(2026, 11, 27, 8, 37, tzinfo=TOKYO))
+    known = Known(live=live, received=frozenset({FRI_0836}))
+    assert decide_report(later, RETRY, known, cal, ()).action is Action.MERGE
+
+
+def test_a_report_already_received_without_chain_or_decision_is_a_duplicate(
+    cal: BusinessCalendar,
+) -> None:
+    d = decide(cal, FRI_0836, Known(received=frozenset({FRI_0836})))
+    assert d == ReportDecision(Action.DUPLICATE, "duplicate report: already received")
+
+
 @pytest.mark.parametrize(
     ("found", "confirmed_before", "confirmed_now"),
     [({SAFETY}, set(), set()), (set(), {SAFETY}, set()), (set(), set(), {SAFETY})],
