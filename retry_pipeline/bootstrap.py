@@ -22,10 +22,14 @@ def bootstrap(
     clock: Clock | None = None,
     dispatcher: Dispatcher | None = None,
     gateway: ExaminationGateway | None = None,
+    node: str | None = None,
 ) -> Pipeline:
-    """The pipeline over the configured database, clock and Celery app."""
+    """The pipeline over the configured database, clock and Celery app.
+
+    ``node``: the worker's name on its history lines (default: host and pid).
+    """
     clock = clock or clock_from(settings.clock_file)
-    store = RetryStore(make_engine(settings.database_url))
+    store = RetryStore(make_engine(settings.database_url), node=node)
     # Reads of Kei-MOTAS take no write lock (a separate engine on SQLite).
     registry = SqlCertificateRegistry(
         make_engine(settings.database_url, write_lock=False), settings

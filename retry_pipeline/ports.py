@@ -190,6 +190,14 @@ class UnitOfWork(Protocol):
 class Store(Protocol):
     """Opens units of work."""
 
+    @property
+    def shares_claims(self) -> bool:
+        """True when parallel units may claim one slot's chains side by side (SKIP LOCKED).
+
+        False for a single-writer store (SQLite): one process works a slot through.
+        """
+        ...
+
     def unit(self) -> AbstractContextManager[UnitOfWork]:
         """A new unit of work (one transaction)."""
         ...

@@ -408,12 +408,14 @@ class FakeStore:
     ``commits`` and ``rollbacks`` count finished units; ``tables`` may be read directly.
     ``concurrent``: writes another transaction commits just before the open unit's next
     ``chains.insert`` (a race, e.g. a second worker's report); they survive its rollback.
+    ``shares_claims``: as ``ports.Store.shares_claims``.
     """
 
     tables: FakeTables = field(default_factory=FakeTables)
     commits: int = 0
     rollbacks: int = 0
     concurrent: list[Callable[[FakeTables], None]] = field(default_factory=list)
+    shares_claims: bool = False  # True: a slot is worked one batch per message (PostgreSQL)
     _open: bool = False
     _snapshot: FakeTables | None = None
 

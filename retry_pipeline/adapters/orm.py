@@ -91,6 +91,7 @@ class HistoryRow(Base):
     missing: Mapped[list[str]] = mapped_column(JSON)
     detail: Mapped[str] = mapped_column(String(500), default="")
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    node: Mapped[str | None] = mapped_column(String(128))  # the worker that wrote the line
 
 
 class OutboxRow(Base):
