@@ -287,7 +287,7 @@ def main() -> None:
     sizes = [1_000, 10_000, 100_000]
     if args.quick:
         sizes = [200, 1_000, 5_000]
-    n_noop, n_reports, n_scale = (1000, 500, 2000) if args.quick else (5000, 5000, 20_000)
+    n_noop, n_reports, n_scale = (1000, 500, 2000) if args.quick else (5000, 2000, 20_000)
     assert BusinessCalendar(Settings()).is_slot(SLOT)
     started = time.monotonic()
     with (
