@@ -84,7 +84,8 @@ def _refuse(task: str, reason: str, payload: Any) -> dict[str, Any]:
     return {"status": "refused", "reason": reason, "dead_letter": letter}
 
 
-@app.task(name=names.REPORT_MISSING, **DB_RETRY)
+# In a worker, one-report messages are accepted in micro-batches (intake_buffer.py).
+@app.task(name=names.REPORT_MISSING, Strategy="retry_pipeline.intake_buffer:strategy", **DB_RETRY)
 def report_missing(*args: Any, **fields: Any) -> dict[str, Any]:
     """A missing-certificate report (R1, R3, R4): start, merge, or auto-correct at once."""
     message: Any = args[0] if len(args) == 1 and not fields else fields

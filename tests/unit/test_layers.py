@@ -25,7 +25,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("service", "views"),
     ("adapters", "migrations", "schedules", "client"),
     ("bootstrap",),
-    ("worker", "tasks"),
+    ("worker", "tasks", "intake_buffer"),
     ("cli", "web", "ops"),
 ]
 PURE = ("model", "policy", "rules", "attempts", "intake", "calendar", "clock", "errors", "names")
