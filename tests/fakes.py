@@ -40,6 +40,7 @@ from retry_pipeline.model import (
     CompletionCertificate,
     Cursor,
     DeadLetter,
+    Dispatch,
     Ending,
     Event,
     HistoryEntry,
@@ -242,6 +243,18 @@ class FakeChains:
             chain = self._t.chains.get(chain_id)
             if chain is not None and chain.cursor.slot == slot:
                 self._t.chains[chain_id] = replace(chain, dispatched_for=_utc(slot))
+
+    def dispatch_due(self, now: datetime, overdue_before: datetime) -> list[Dispatch]:
+        found = []
+        for chain in sorted(self._t.chains.values(), key=_by_slot):
+            slot = chain.cursor.slot
+            if slot > now:
+                continue
+            if chain.dispatched_for == slot and slot > overdue_before:
+                continue  # in flight and not late yet
+            self._t.chains[chain.chain_id] = replace(chain, dispatched_for=_utc(slot))
+            found.append(Dispatch(chain.chain_id, chain.next_attempt_no, slot))
+        return found
 
     def delete(self, chain_ids: Sequence[str]) -> None:
         for chain_id in chain_ids:
