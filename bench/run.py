@@ -243,15 +243,14 @@ class Bench:
         self.clear()
         self.seed_chains(n, slot, phase)
         FileClock.write(self.clock_file, slot, 1.0)  # the slot is now
-        start = time.monotonic()
         self.client.send_task(
             "retry_pipeline.attempt_slot", kwargs={"slot": slot.isoformat()}, queue=QUEUE
         )
         # Polled a few times a second on the next_slot index only: a poll must not take
         # the CPU the workers measure (the history is read once, at the end).
-        elapsed = self.wait(lambda: self.still_due(slot) == 0, poll_s=0.25)
+        elapsed = self.wait(lambda: self.still_due(slot) == 0, poll_s=0.05)
         if phase is Phase.NEXT_DAY:  # the release ends every chain: wait for the outcomes
-            self.wait(lambda: self.live() == 0, poll_s=0.25)
+            self.wait(lambda: self.live() == 0, poll_s=0.05)
         rss = self.worker_rss_kb()
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -264,7 +263,7 @@ class Bench:
         late = sorted((at - slot).total_seconds() for at, _ in rows)
         assert len(late) == n, f"{len(late)} decision lines for {n} chains"
         return {
-            "attempts_per_s": round(n / late[-1], 1),  # decisions against the slot's clock
+            "attempts_per_s": round(n / elapsed, 1),
             "lateness_p50_s": round(statistics.median(late), 3),
             "lateness_p99_s": round(late[int(0.99 * (len(late) - 1))], 3),
             "worker_rss_kb": rss,
@@ -287,7 +286,7 @@ def main() -> None:
     sizes = [1_000, 10_000, 100_000]
     if args.quick:
         sizes = [200, 1_000, 5_000]
-    n_noop, n_reports, n_scale = (1000, 500, 2000) if args.quick else (5000, 2000, 20_000)
+    n_noop, n_reports, n_scale = (1000, 500, 2000) if args.quick else (3000, 2000, 10_000)
     assert BusinessCalendar(Settings()).is_slot(SLOT)
     started = time.monotonic()
     with (

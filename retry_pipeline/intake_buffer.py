@@ -23,7 +23,6 @@ from typing import Any
 from celery.utils.imports import symbol_by_name
 from celery.worker.request import create_request_cls
 from celery.worker.state import task_reserved
-from kombu.asynchronous.timer import Entry
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ class _Buffer:
         self.pending = 0  # buffered or in the pool, not yet acknowledged
         self.batches = 0  # batches in the pool
         self.slots = max(1, int(getattr(consumer.pool, "limit", None) or 1))
-        self.timer: Entry | None = None
+        self.timer: Any = None  # a kombu timer entry
 
     def put(self, req: Any) -> bool:
         """Buffer ``req``; False when the buffer is full (the caller runs it alone)."""
@@ -149,7 +148,7 @@ def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
     from celery.worker.strategy import default, hybrid_to_proto2, proto1_to_proto2
 
     ordinary = default(task, app, consumer)
-    Req = create_request_cls(  # noqa: N806
+    Req = create_request_cls(
         symbol_by_name(task.Request), task, consumer.pool, consumer.hostname,
         consumer.event_dispatcher, app=app,
     )  # fmt: skip

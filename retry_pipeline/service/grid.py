@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from retry_pipeline.model import Dispatch
 from retry_pipeline.service.closing import park_if_closed
 from retry_pipeline.service.context import Deps

@@ -89,7 +89,8 @@ def test_one_report_messages_are_accepted_in_batches_and_acknowledged(
     run = uuid.uuid4().hex[:6]
     for i in range(REPORTS):
         body = {"application": f"B{run}-{i}", "office": "B1", "procedure": "continuous",
-                "vehicle": f"VB{run}-{i}", "missing": ["safety"], "detected_at": detected}  # fmt: skip
+                "vehicle": f"VB{run}-{i}", "missing": ["safety"], "detected_at": detected,
+        }  # fmt: skip
         client.send_task("retry_pipeline.report_missing", args=[body], queue=QUEUE)
     bad = {"application": f"X{run}", "office": "B1", "procedure": "bogus",
            "vehicle": "VX", "missing": ["safety"], "detected_at": detected}  # fmt: skip
