@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 FLUSH_MS = 5  # the buffer is flushed this often ...
 FLUSH_EVERY = 200  # ... or as soon as it holds this many messages
 MAX_PENDING = 2000  # buffered + in the pool: above it the consumer fetches no more ahead
+IN_POOL = 1  # batches in the pool at once: while one runs, the next one gathers
 DONE, ONE_BY_ONE = "done", "one-by-one"
 
 
@@ -84,7 +85,7 @@ class _Buffer:
         self.requests: list[Any] = []
         self.pending = 0  # buffered or in the pool, not yet acknowledged
         self.batches = 0  # batches in the pool
-        self.slots = max(1, int(getattr(consumer.pool, "limit", None) or 1))
+        self.slots = IN_POOL
         self.timer: Any = None  # a kombu timer entry
 
     def put(self, req: Any) -> bool:
@@ -101,8 +102,8 @@ class _Buffer:
         return True
 
     def flush(self, *, full: bool = False) -> None:
-        """Hand the buffer to a pool process: at most one batch per process at a time,
-        so that while the processes are busy the buffer grows instead of queueing
+        """Hand the buffer to a pool process: ``IN_POOL`` batches at a time,
+        so that while it is busy the buffer grows instead of queueing
         many small batches (unless it is ``full``)."""
         if not self.requests:
             if self.timer is not None and self.pending == 0:
