@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery import signals
 from celery.utils.imports import symbol_by_name
 from celery.worker.request import create_request_cls
 from celery.worker.state import task_reserved
@@ -139,6 +140,7 @@ class _Buffer:
         self.consumer.qos.decrement_eventually()
         if done:
             req.acknowledge()
+            req.send_event("task-succeeded", result="accepted in a batch", runtime=0.0)
         else:
             task_reserved(req)
             self.consumer.on_task_request(req)  # the ordinary way: one message, own retries
@@ -171,6 +173,11 @@ def strategy(task: Any, app: Any, consumer: Any, **_: Any) -> Any:
             eventer=consumer.event_dispatcher, task=task,
             connection_errors=consumer.connection_errors,
             body=body, headers=headers, decoded=decoded, utc=utc,
+        )  # fmt: skip
+        signals.task_received.send(sender=consumer, request=req)
+        req.send_event(  # Flower and the events monitor see the report as a task
+            "task-received", name=req.name, args=req.argsrepr, kwargs=req.kwargsrepr,
+            root_id=req.root_id, parent_id=req.parent_id, retries=0, eta=None, expires=None,
         )  # fmt: skip
         if not buffer.put(req):
             task_reserved(req)
