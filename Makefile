@@ -54,7 +54,7 @@ faults: install  ## the whole fault matrix, written to docs/reliability.md (seve
 	$(BIN)/retry-pipeline fault-matrix var/faults-scenario.json --seeds 1,2 --output docs/reliability.md
 
 bench: install  ## the benchmark against a raw Celery no-op task (bench/results.json)
-	$(BIN)/python bench/run.py --output bench/results.json
+	$(BIN)/python bench/run.py --output bench/results.json $(if $(filter sqlite,$(BENCH_DB)),--sqlite,)
 
 lint: install  ## ruff (lint + format check) and mypy strict on the package
 	$(BIN)/ruff check retry_pipeline simulation tests bench celeryconfig.py flowerconfig.py

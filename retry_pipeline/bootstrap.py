@@ -25,10 +25,14 @@ def bootstrap(
     clock: Clock | None = None,
     dispatcher: Dispatcher | None = None,
     gateway: ExaminationGateway | None = None,
+    node: str | None = None,
 ) -> Pipeline:
-    """The pipeline over the configured database, clock and Celery app."""
+    """The pipeline over the configured database, clock and Celery app.
+
+    ``node``: the worker's name on its history lines (default: host and pid).
+    """
     clock = clock or clock_from(settings.clock_file)
-    store = RetryStore(make_engine(settings.database_url, settings=settings))
+    store = RetryStore(make_engine(settings.database_url, settings=settings), node=node)
     # Kei-MOTAS: read only, from RETRY_PIPELINE_REGISTRY_URL (default: the database).
     registry = SqlCertificateRegistry(
         registry_engine(settings.registry_database_url, settings), settings

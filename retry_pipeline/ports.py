@@ -18,6 +18,7 @@ from retry_pipeline.model import (
     CertificateKind,
     Chain,
     DeadLetter,
+    Dispatch,
     Ending,
     HistoryEntry,
     LetterBody,
@@ -94,6 +95,12 @@ class Chains(Protocol):
 
     def mark_dispatched(self, chain_ids: Sequence[str], slot: datetime) -> None:
         """The attempt message of ``slot`` was sent for these chains (still due then)."""
+        ...
+
+    def dispatch_due(self, now: datetime, overdue_before: datetime) -> list[Dispatch]:
+        """Set-based, for the grid tick: every chain due by ``now`` whose message is not in
+        flight (never sent for its slot, or its slot is before ``overdue_before``) is
+        marked sent for its slot; those attempts, by slot then chain id."""
         ...
 
     def delete(self, chain_ids: Sequence[str]) -> None:
@@ -250,6 +257,14 @@ class UnitOfWork(Protocol):
 
 class Store(Protocol):
     """Opens units of work."""
+
+    @property
+    def shares_claims(self) -> bool:
+        """True when parallel units may claim one slot's chains side by side (SKIP LOCKED).
+
+        False for a single-writer store (SQLite): one process works a slot through.
+        """
+        ...
 
     def unit(self) -> AbstractContextManager[UnitOfWork]:
         """A new unit of work (one transaction)."""

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from celery import Celery
 from celery.schedules import crontab
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import celeryd_init, worker_process_init, worker_ready
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from retry_pipeline import names, signing
@@ -68,7 +68,16 @@ def service() -> Pipeline:
     """The pipeline of this process, built on first use (after a prefork fork)."""
     from retry_pipeline.bootstrap import bootstrap
 
-    return bootstrap(settings(), app)
+    return bootstrap(settings(), app, node=_NODE[0] if _NODE else None)
+
+
+_NODE: list[str] = []  # this worker's node name (set before the prefork children fork)
+
+
+@celeryd_init.connect
+def _node_name(sender: Any = None, **_: Any) -> None:
+    # celeryd_init's sender is the node name (``-n``), e.g. ``worker1@host``.
+    _NODE[:] = [str(sender)] if sender else []
 
 
 SIGNED = signing.configure(app, settings())  # docs/security.md

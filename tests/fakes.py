@@ -42,6 +42,7 @@ from retry_pipeline.model import (
     CompletionCertificate,
     Cursor,
     DeadLetter,
+    Dispatch,
     Ending,
     Event,
     HistoryEntry,
@@ -266,6 +267,18 @@ class FakeChains:
             chain = self._t.chains.get(chain_id)
             if chain is not None and chain.cursor.slot == slot:
                 self._t.chains[chain_id] = replace(chain, dispatched_for=_utc(slot))
+
+    def dispatch_due(self, now: datetime, overdue_before: datetime) -> list[Dispatch]:
+        found = []
+        for chain in sorted(self._t.chains.values(), key=_by_slot):
+            slot = chain.cursor.slot
+            if slot > now:
+                continue
+            if chain.dispatched_for == slot and slot > overdue_before:
+                continue  # in flight and not late yet
+            self._t.chains[chain.chain_id] = replace(chain, dispatched_for=_utc(slot))
+            found.append(Dispatch(chain.chain_id, chain.next_attempt_no, slot))
+        return found
 
     def delete(self, chain_ids: Sequence[str]) -> None:
         for chain_id in chain_ids:
@@ -516,12 +529,14 @@ class FakeStore:
     ``commits`` and ``rollbacks`` count finished units; ``tables`` may be read directly.
     ``concurrent``: writes another transaction commits just before the open unit's next
     ``chains.insert`` (a race, e.g. a second worker's report); they survive its rollback.
+    ``shares_claims``: as ``ports.Store.shares_claims``.
     """
 
     tables: FakeTables = field(default_factory=FakeTables)
     commits: int = 0
     rollbacks: int = 0
     concurrent: list[Callable[[FakeTables], None]] = field(default_factory=list)
+    shares_claims: bool = False  # True: a slot is worked one batch per message (PostgreSQL)
     _open: bool = False
     _snapshot: FakeTables | None = None
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -18,6 +18,7 @@ from retry_pipeline.model import (
     CertificateKind,
     Chain,
     Cursor,
+    Dispatch,
     Phase,
     Procedure,
     sorted_kinds,
@@ -170,6 +171,32 @@ class SqlChains:
                 .values(dispatched_for=slot)
                 .execution_options(synchronize_session=False)
             )
+
+    def dispatch_due(self, now: datetime, overdue_before: datetime) -> list[Dispatch]:
+        # One UPDATE ... RETURNING: the tick never loads the due chains themselves. Rows
+        # another transaction holds are skipped (SKIP LOCKED): a stuck row never stalls it.
+        due = select(ChainRow.chain_id).where(
+            ChainRow.next_slot <= now,
+            or_(
+                ChainRow.dispatched_for.is_(None),
+                ChainRow.dispatched_for != ChainRow.next_slot,
+                ChainRow.next_slot <= overdue_before,
+            ),
+        )
+        if self._locking:
+            due = due.with_for_update(skip_locked=True)
+        stmt = (
+            update(ChainRow)
+            .where(ChainRow.chain_id.in_(due.scalar_subquery()))
+            .values(dispatched_for=ChainRow.next_slot)
+            .returning(ChainRow.chain_id, ChainRow.attempts_made, ChainRow.next_slot)
+            .execution_options(synchronize_session=False)
+        )
+        found = [
+            Dispatch(chain_id, made + 1, to_local(slot))
+            for chain_id, made, slot in self.session.execute(stmt)
+        ]
+        return sorted(found, key=lambda d: (d.slot, d.chain_id))
 
     def delete(self, chain_ids: Sequence[str]) -> None:
         for part in _chunks(chain_ids):

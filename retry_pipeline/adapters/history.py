@@ -36,13 +36,15 @@ def to_entry(row: HistoryRow) -> HistoryEntry:
 class SqlHistory:
     """``u.history``: lines are only ever added."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, node: str | None = None) -> None:
         self.session = session
+        self.node = node  # who writes these lines (``HistoryRow.node``)
 
     def append(self, entries: Sequence[HistoryEntry]) -> None:
         if entries:
             rows = [
-                {**asdict(e), "missing": list(e.missing), "found": list(e.found)} for e in entries
+                {**asdict(e), "missing": list(e.missing), "found": list(e.found), "node": self.node}
+                for e in entries
             ]
             self.session.execute(insert(HistoryRow), rows)
 

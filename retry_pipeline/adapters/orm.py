@@ -106,6 +106,7 @@ class HistoryRow(Base):
     # R3: certificates this event saw present (an attempt's finding, a report's confirmed).
     found: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
     late_s: Mapped[int | None] = mapped_column(Integer)  # R4a: planned from its arrival
+    node: Mapped[str | None] = mapped_column(String(128))  # the worker that wrote the line
 
 
 class OutboxRow(Base):

@@ -8,6 +8,8 @@ entirely when it raises. Actions registered with ``after_commit`` run only after
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -25,10 +27,10 @@ from retry_pipeline.adapters.side_tables import SqlCloseSignals, SqlDeadLetters
 class SqlUnitOfWork:
     """One transaction over the retry table, its history, outbox and side tables."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, node: str | None = None) -> None:
         self.session = session
         self.chains = SqlChains(session)
-        self.history = SqlHistory(session)
+        self.history = SqlHistory(session, node)
         self.outbox = SqlOutbox(session)
         self.receipts = SqlReceipts(session)
         self.signals = SqlCloseSignals(session)
@@ -41,11 +43,21 @@ class SqlUnitOfWork:
 
 
 class RetryStore:
-    """Opens units of work over one database."""
+    """Opens units of work over one database.
 
-    def __init__(self, engine: Engine) -> None:
+    ``node``: the worker (Celery node name, else host and pid) recorded on every
+    history line this store writes, so a slot's decisions show who made them.
+    """
+
+    def __init__(self, engine: Engine, node: str | None = None) -> None:
         self.engine = engine
+        self.node = node or f"{socket.gethostname()}:{os.getpid()}"
         self._sessions = make_sessions(engine)
+
+    @property
+    def shares_claims(self) -> bool:
+        """PostgreSQL claims with SKIP LOCKED; SQLite has one writer at a time."""
+        return self.engine.dialect.name != "sqlite"
 
     @classmethod
     def from_url(cls, url: str) -> RetryStore:
@@ -57,7 +69,7 @@ class RetryStore:
         """One transaction: commit at the end of the block, roll back if it raises."""
         with self._sessions() as session:
             with session.begin():
-                unit = SqlUnitOfWork(session)
+                unit = SqlUnitOfWork(session, self.node)
                 yield unit
             for action in unit.on_commit:
                 action()

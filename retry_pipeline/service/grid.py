@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from retry_pipeline.model import Dispatch
 from retry_pipeline.service.closing import park_if_closed
@@ -13,8 +12,6 @@ from retry_pipeline.service.outcomes import relay
 from retry_pipeline.service.receipts import relay_receipts
 
 log = logging.getLogger(__name__)
-
-DUE_LIMIT = 1_000_000
 
 
 @dataclass
@@ -34,19 +31,9 @@ def tick(deps: Deps) -> TickResult:
         result.parked = park_if_closed(deps, now)
     except Exception:  # e.g. a lock or statement timeout: the next tick parks them
         log.exception("could not park at the close; the next tick will")
-    overdue_before = now - deps.step
-    slots: dict[datetime, list[str]] = {}
-    with deps.store.unit() as u:
-        for chain in u.chains.due(now, DUE_LIMIT):
-            if chain.dispatched_for == chain.cursor.slot and chain.cursor.slot > overdue_before:
-                continue  # its message is in flight and not late yet
-            slots.setdefault(chain.cursor.slot, []).append(chain.chain_id)
-            result.dispatched.append(
-                Dispatch(chain.chain_id, chain.next_attempt_no, chain.cursor.slot)
-            )
-        for slot, ids in slots.items():
-            u.chains.mark_dispatched(ids, slot)
-    for slot in sorted(slots):
+    with deps.store.unit() as u:  # set-based: one statement marks what is due and not in flight
+        result.dispatched = u.chains.dispatch_due(now, now - deps.step)
+    for slot in sorted({d.slot for d in result.dispatched}):
         deps.dispatcher.send_slot(slot)  # one message decides the whole slot
     result.relayed = relay(deps)
     relay_receipts(deps)

@@ -4,10 +4,17 @@ Each batch is one transaction: claim (locked; PostgreSQL skips rows another batc
 holds), one registry read for all its applications as of the slot, bulk writes. A
 duplicate message, a second worker or a redelivery finds the claimed chains no
 longer due (DESIGN 3).
+
+A slot's work is split across workers when the store shares claims (PostgreSQL):
+a message decides one batch and, when the batch was full, first sends the slot's
+message again, so whichever worker is free takes the next batch. A worker that dies
+mid-batch rolls back; its message comes back (acks_late) and the grid tick re-sends
+the slot once it is overdue. SQLite: one process decides the slot batch after batch.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -27,6 +34,8 @@ from retry_pipeline.policy import replan
 from retry_pipeline.ports import UnitOfWork
 from retry_pipeline.service.context import Deps, close_signals
 from retry_pipeline.service.outcomes import end_chains, ending_line
+
+log = logging.getLogger(__name__)
 
 BATCH = 500  # chains decided per transaction
 SHOWN = 200  # applications a slot names in its task result (Flower), the first ones
@@ -49,11 +58,22 @@ def run_slot(
     if not deps.calendar.is_slot(slot, signals):
         counts["parked"] = park_slot(deps, slot, signals)  # R10: a close took it away
         return counts
+    share = deps.store.shares_claims
     while True:
         with deps.store.unit() as u:
-            claimed = _decide_batch(deps, u, slot, signals, batch, counts, decided)
-        if claimed < batch:
+            claimed, shared = _decide_batch(deps, u, slot, signals, batch, counts, share, decided)
+        if claimed < batch or shared:
             return counts
+
+
+def _share(deps: Deps, slot: datetime) -> bool:
+    """Another message for ``slot``, so a free worker claims the next batch meanwhile."""
+    try:
+        deps.dispatcher.send_slot(slot)
+    except Exception:  # broker down: this process works the slot through itself
+        log.exception("could not share the slot %s; deciding it in this process", slot)
+        return False
+    return True
 
 
 def _decide_batch(
@@ -63,15 +83,20 @@ def _decide_batch(
     signals: list[datetime],
     batch: int,
     counts: dict[str, int],
+    share: bool,
     decided: dict[str, str] | None = None,
-) -> int:
+) -> tuple[int, bool]:
+    """One batch in ``u``: the number claimed, and whether the rest went to another message."""
     now = deps.clock.now()
     claimed = [
         replace(c, attempts_made=c.attempts_made + 1, version=c.version + 1)
         for c in u.chains.claim(slot, batch)
     ]
     if not claimed:
-        return 0
+        return 0, False
+    # A full batch: more may be due. Shared claims (SKIP LOCKED) let the next message's
+    # worker take the next batch while this one decides; it never waits for our locks.
+    shared = share and len(claimed) == batch and _share(deps, slot)
     presents = deps.registry.present_many([(c.subject, kinds_to_check(c)) for c in claimed], slot)
     steps: list[Chain] = []
     endings: list[Ending] = []
@@ -111,7 +136,7 @@ def _decide_batch(
     end_chains(deps, u, endings, now)
     if dispatched is not None:
         u.after_commit(lambda: deps.slots.send_once(dispatched))
-    return len(claimed)
+    return len(claimed), shared
 
 
 def _how(decision: Decision) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +57,53 @@ def run_scenario(broker_url: str) -> RunScenario:
         return simulate(Scenario.model_validate(data), options, _progress)
 
     return _run
+
+
+RABBITMQ_ADMIN = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """A RabbitMQ virtual host private to this test session (``rabbitmqctl``), deleted after.
+
+    Without rabbitmqctl, the server's default virtual host with this session's own
+    queue names. Skips locally (fails under CI) when no RabbitMQ answers.
+    """
+    import shutil
+    import subprocess
+    import uuid
+
+    from kombu import Connection
+
+    try:
+        with Connection(RABBITMQ_ADMIN, connect_timeout=2) as conn:
+            conn.connect()
+    except Exception as exc:
+        if IN_CI:
+            pytest.fail(f"RabbitMQ at 127.0.0.1:5672 is required under CI ({exc})")
+        pytest.skip(f"no RabbitMQ answers ({type(exc).__name__})")
+    ctl = shutil.which("rabbitmqctl")
+    vhost = f"rp_test_{uuid.uuid4().hex[:10]}"
+    made = False
+    if ctl is not None:
+        made = (
+            subprocess.run([ctl, "add_vhost", vhost], capture_output=True, timeout=60).returncode
+            == 0
+        )
+        if made:
+            subprocess.run(
+                [ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+                capture_output=True, timeout=60, check=True,
+            )  # fmt: skip
+    try:
+        yield RABBITMQ_ADMIN.rstrip("/") + "/" + vhost if made else RABBITMQ_ADMIN
+    finally:
+        if made and ctl is not None:
+            subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def any_broker(request: pytest.FixtureRequest) -> str:
+    """The broker of a test that runs once on each: the private Redis, then RabbitMQ."""
+    name = "broker_url" if request.param == "redis" else "rabbitmq_url"
+    return str(request.getfixturevalue(name))

@@ -24,7 +24,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from celery import Celery
-from retry_pipeline.sim.redis_server import free_port
 
 from retry_pipeline import names
 from retry_pipeline.adapters.db import make_engine
@@ -37,6 +36,7 @@ from retry_pipeline.clock import FileClock, FixedClock
 from retry_pipeline.config import Settings
 from retry_pipeline.model import Application, CertificateKind, Procedure, Report
 from retry_pipeline.service.pipeline import Pipeline
+from simulation.redis_server import free_port
 from tests.e2e.test_flower import AUTH, _get, _start, _stop
 
 pytest.importorskip("flower")

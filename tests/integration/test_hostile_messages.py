@@ -25,22 +25,15 @@ from pathlib import Path
 import pytest
 import redis
 from celery import Celery
-from retry_pipeline.sim.redis_server import PrivateRedis
 from sqlalchemy import create_engine, text
 
 from retry_pipeline import names
 from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.model import LETTER_HEAD_BYTES, DeadLetter
-from tests.integration.test_dead_letters import (
-    READY_TIMEOUT_S,
-    ROOT,
-    Worker,
-    private_redis,  # noqa: F401  (the session fixture)
-    protocol2_headers,
-    stop_process,
-    wait_for,
-)
+from simulation.redis_server import PrivateRedis
+from tests.integration.test_dead_letters import protocol2_headers
+from tests.support import READY_TIMEOUT_S, ROOT, Worker, stop_process, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -92,7 +85,7 @@ def launch_pg_worker(broker_url: str, db_url: str, workdir: Path) -> Worker:
 
 @pytest.fixture(scope="module")
 def pg_worker(
-    private_redis: PrivateRedis,  # noqa: F811
+    private_redis: PrivateRedis,
     postgres_server_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Worker]:
