@@ -37,6 +37,7 @@ from retry_pipeline.config import Settings
 from retry_pipeline.model import Application, CertificateKind, Procedure, Report
 from retry_pipeline.service.pipeline import Pipeline
 from simulation.redis_server import free_port
+from tests.conftest import create_registry_standin_at
 from tests.e2e.test_flower import AUTH, _get, _start, _stop
 
 pytest.importorskip("flower")
@@ -64,6 +65,7 @@ def flower_worker(broker_url: str, tmp_path: Path) -> Iterator[Setup]:
 
     db_url = f"sqlite:///{tmp_path / 'flower.sqlite3'}"
     upgrade(db_url)
+    create_registry_standin_at(db_url)  # Kei-MOTAS is external: the test stands in for it
     clock_file = tmp_path / "clock.json"
     FileClock.write(clock_file, WORKER_STARTS, 1.0)
     queue = f"flower-refusals-{uuid.uuid4().hex[:8]}"
@@ -79,7 +81,11 @@ def flower_worker(broker_url: str, tmp_path: Path) -> Iterator[Setup]:
          "--without-mingle", "-n", f"{queue}@%h", "--loglevel", "INFO"],
         env, tmp_path / "worker.log",
     )  # fmt: skip
-    web = _start(["flower", f"--port={port}", "--address=127.0.0.1", f"--basic-auth={AUTH}"],
+    # As in compose: flowerconfig.py (read only), credentials from a file, none on argv.
+    auth_file = tmp_path / "flower_basic_auth"
+    auth_file.write_text(AUTH + "\n")
+    env["RETRY_PIPELINE_FLOWER_BASIC_AUTH_FILE"] = str(auth_file)
+    web = _start(["flower", f"--port={port}", "--address=127.0.0.1"],
                  env, tmp_path / "flower.log")  # fmt: skip
     try:
         yield Setup(f"http://127.0.0.1:{port}", queue, db_url, broker_url)
@@ -154,7 +160,7 @@ def letters_about(db_url: str, marker: str) -> list[str]:
 
 def test_refusals_fail_in_flower_and_a_slot_names_what_it_decided(flower_worker: Setup) -> None:
     setup = flower_worker
-    until(lambda: _get(f"{setup.base}/healthcheck", None)[0] == 200, "Flower to start")
+    until(lambda: _get(f"{setup.base}/healthcheck", AUTH)[0] == 200, "Flower to start")
     mark = uuid.uuid4().hex[:8]
     live = f"FLR-{mark}-LIVE"
     seed_chain(setup.db_url, live)

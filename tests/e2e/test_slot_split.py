@@ -31,7 +31,7 @@ from retry_pipeline.calendar import parse_instant
 from retry_pipeline.clock import FileClock
 from retry_pipeline.config import PREFIX
 from retry_pipeline.service.slots import BATCH
-from tests.conftest import _reset_postgres
+from tests.conftest import _reset_postgres, create_registry_standin_at
 
 pytestmark = pytest.mark.postgres
 
@@ -47,6 +47,7 @@ DEADLINE_S = 240
 def pg_url(postgres_server_url: str) -> str:
     _reset_postgres(postgres_server_url)
     upgrade(postgres_server_url)
+    create_registry_standin_at(postgres_server_url)  # Kei-MOTAS is external: stand in
     return postgres_server_url
 
 

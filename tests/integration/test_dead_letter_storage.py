@@ -143,16 +143,28 @@ def test_the_daily_purge_keeps_the_retention(store: RetryStore, db_url: str) -> 
 
 
 def test_beat_runs_the_purge_daily() -> None:
-    from celery.schedules import crontab
+    # In a fresh process: the tasks module reads its settings once, at import.
+    import json
+    import os
+    import subprocess
+    import sys
 
-    from retry_pipeline.tasks import app, purge_dead_letters
-
-    entry = app.conf.beat_schedule["dead-letters-purge"]
-    assert entry["task"] == names.PURGE_DEAD_LETTERS == purge_dead_letters.name
-    schedule = entry["schedule"]
-    assert isinstance(schedule, crontab)
-    assert len(schedule.hour) == 1 and len(schedule.minute) == 1  # once a day
-    assert len(schedule.day_of_week) == 7
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRY_PIPELINE_")}
+    probe = (
+        "import json, retry_pipeline.tasks as t\n"
+        "e = t.app.conf.beat_schedule['dead-letters-purge']\n"
+        "s = e['schedule']\n"
+        "print(json.dumps([e['task'], t.purge_dead_letters.name, type(s).__name__,"
+        " len(s.hour), len(s.minute), len(s.day_of_week)]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60,
+        check=True,
+    )  # fmt: skip
+    task, name, kind, hours, minutes, days = json.loads(out.stdout.strip().splitlines()[-1])
+    assert task == names.PURGE_DEAD_LETTERS == name
+    assert kind == "crontab"
+    assert (hours, minutes, days) == (1, 1, 7)  # once a day, every day
 
 
 def test_beat_on_a_scaled_clock_has_no_purge_entry(tmp_path: Path) -> None:

@@ -950,9 +950,10 @@ def test_same_report_twice_concurrently_then_after_the_decision(
     accepted = in_parallel(*(lambda s=s: s.accept_report(same) for s in w.services))
     assert sorted(a.created for a in accepted) == [False, True]  # R4: one record
     assert {a.chain_id for a in accepted} == {accepted[0].chain_id}
-    assert all(a.retry for a in accepted)
+    # DESIGN 11: the same (application, detected_at) again is a duplicate; the chain goes on.
+    assert sorted(a.retry for a in accepted) == [False, True]
     chain_id = accepted[0].chain_id
-    assert w.truth.events(subject.application) == ["reported", "merged"]
+    assert w.truth.events(subject.application) == ["reported", "duplicate"]
     assert w.broker.count(fri(8, 40)) in (1, 2)
 
     w.walk(GRID[:2])
@@ -967,7 +968,7 @@ def test_same_report_twice_concurrently_then_after_the_decision(
     assert w.truth.live_of(subject.application) is None
     assert w.truth.events(subject.application) == [
         "reported",
-        "merged",
+        "duplicate",
         "attempt",
         "resumed",
         "duplicate",

@@ -285,11 +285,12 @@ def test_the_live_chains_own_report_again_after_a_partial_find_only_merges(
     world.run_slots(fri(8, 40), fri(8, 50))
     world.at(fri(9, 5))
     again = accepted(world.report(first))
-    assert (again.action, jst(again.next_slot)) == (Action.MERGE, "2026-11-27T09:00:00+09:00")
+    # DESIGN 11: the same (application, detected_at) again is a duplicate (a receipt
+    # tells the sender); the chain is untouched and goes on (never ended by R3).
+    assert (again.action, again.next_slot) == (Action.DUPLICATE, None)
     chain = world.live(app.application)
     assert chain is not None and chain.missing == {INSURANCE} and chain.found == {COMPLETION}
-    merged = [h.detail for h in world.history(app.application) if h.event == "merged"]
-    assert merged == ["added nothing"]
+    assert [h.event for h in world.history(app.application)].count("duplicate") == 1
     world.run_slots(fri(9, 0), fri(9, 20))
     assert world.outcomes.of(app.application) == [("resumed", [], "2026-11-27T09:20:00+09:00")]
 

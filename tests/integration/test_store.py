@@ -895,10 +895,12 @@ def test_outbox_pending_mark_sent_and_resend(store: RetryStore) -> None:
         u.outbox.mark_sent([p2.id, p3.id], sent_at)
     with store.unit() as u:
         assert u.outbox.pending(10, resend_before=None) == [p1, p4]  # never sent
-        assert ids_of(u.outbox.pending(10, resend_before=sent_at)) == [p1.id, p4.id]  # strict
-        resend = u.outbox.pending(10, resend_before=sent_at + timedelta(microseconds=1))
-        assert ids_of(resend) == [p1.id, p2.id, p3.id, p4.id]
-        assert resend[1].send_count == 1
+        before = sent_at - timedelta(microseconds=1)
+        assert ids_of(u.outbox.pending(10, resend_before=before)) == [p1.id, p4.id]
+        # The fair relay: never-sent first, then re-sends due by then (inclusive).
+        resend = u.outbox.pending(10, resend_before=sent_at)
+        assert ids_of(resend) == [p1.id, p4.id, p2.id, p3.id]
+        assert resend[2].send_count == 1
         row = u.session.get(OutboxRow, p2.id)
         assert row is not None and row.sent_at == sent_at
     with store.unit() as u:
