@@ -26,27 +26,18 @@ from retry_pipeline.calendar import BusinessCalendar
 from retry_pipeline.clock import FileClock
 from retry_pipeline.config import Settings
 from retry_pipeline.heartbeat import BEAT, WORKER, Beat, check, record
-from simulation.redis_server import PrivateRedis, start_private_redis
+from simulation.redis_server import PrivateRedis
+from tests.support import private_redis_server
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKYO = ZoneInfo("Asia/Tokyo")
-IN_CI = bool(os.environ.get("CI"))
 START = datetime(2026, 11, 27, 8, 45, tzinfo=TOKYO)  # a Friday, inside review hours
 DEADLINE_S = 45.0
 
 
 @pytest.fixture(scope="module")
 def private_redis() -> Iterator[PrivateRedis]:
-    try:
-        server = start_private_redis()
-    except RuntimeError as exc:
-        if IN_CI:
-            pytest.fail(f"these tests need a redis-server under CI: {exc}")
-        pytest.skip(f"no redis-server to start ({exc})")
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from private_redis_server()  # a server of this module's own (tests/support.py)
 
 
 def env_for(workdir: Path, broker_url: str) -> dict[str, str]:

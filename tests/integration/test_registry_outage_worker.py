@@ -30,14 +30,14 @@ from retry_pipeline.bootstrap import bootstrap
 from retry_pipeline.clock import FileClock, FixedClock
 from retry_pipeline.config import Settings
 from retry_pipeline.model import Application, CertificateKind, Procedure, Report, SafetyCertificate
-from simulation.redis_server import PrivateRedis, start_private_redis
+from simulation.redis_server import PrivateRedis
 from tests.conftest import create_registry_standin_at
 from tests.integration.test_faults_inprocess import TcpProxy
 from tests.integration.test_registry_external import Sent, insert_certificate
+from tests.support import private_redis_server
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKYO = ZoneInfo("Asia/Tokyo")
-IN_CI = bool(os.environ.get("CI"))
 DETECTED = datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO)
 SLOT = datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)
 DEADLINE_S = 60.0
@@ -47,16 +47,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 @pytest.fixture(scope="module")
 def private_redis() -> Iterator[PrivateRedis]:
-    try:
-        server = start_private_redis()
-    except RuntimeError as exc:
-        if IN_CI:
-            pytest.fail(f"these tests need a redis-server under CI: {exc}")
-        pytest.skip(f"no redis-server to start ({exc})")
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from private_redis_server()  # a server of this module's own (tests/support.py)
 
 
 @pytest.fixture

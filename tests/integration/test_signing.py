@@ -28,11 +28,11 @@ from sqlalchemy import create_engine, text
 from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.names import REPORT_MISSING as REPORT_TASK
 from retry_pipeline.signing import UNSIGNED_WARNING, create_keypair
-from simulation.redis_server import PrivateRedis, start_private_redis
+from simulation.redis_server import PrivateRedis
 from tests.conftest import create_registry_standin_at
+from tests.support import private_redis_server
 
 ROOT = Path(__file__).resolve().parents[2]
-IN_CI = bool(os.environ.get("CI"))
 DEADLINE_S = 45.0
 
 pytestmark = pytest.mark.redis
@@ -40,16 +40,7 @@ pytestmark = pytest.mark.redis
 
 @pytest.fixture(scope="module")
 def private_redis() -> Iterator[PrivateRedis]:
-    try:
-        server = start_private_redis()
-    except RuntimeError as exc:
-        if IN_CI:
-            pytest.fail(f"these tests need a redis-server under CI: {exc}")
-        pytest.skip(f"no redis-server to start ({exc})")
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from private_redis_server()  # a server of this module's own (tests/support.py)
 
 
 @pytest.fixture(scope="module")
