@@ -911,7 +911,8 @@ def test_two_beats_tick_the_same_slots(make_world: WorldFactory, db_url: str) ->
     assert w.broker.queued == []  # in flight as far as SQL knows, not late yet
     w.at(mon(9, 0))
     both_beats_tick()
-    assert w.broker.count(mon(8, 50)) == 2  # overdue: each beat sends it again
+    # Overdue: sent again, at most once per beat (a beat skips the row the other holds)
+    assert w.broker.count(mon(8, 50)) in (1, 2)
     w.at(mon(9, 0, 2))
     w.run_due()
     assert w.truth.attempt_numbers(fresh.application) == [1, 2, 3, 4]
