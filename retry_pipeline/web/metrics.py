@@ -65,7 +65,18 @@ class PipelineCollector(Collector):
             "Outcomes the examination side has not confirmed",
             value=unconfirmed or 0,
         )
+        given_up = session.scalar(
+            select(func.count())
+            .select_from(OutboxRow)
+            .where(OutboxRow.confirmed_at.is_(None), OutboxRow.gave_up_at.is_not(None))
+        )
+        yield GaugeMetricFamily(
+            "retry_pipeline_given_up_outcomes",
+            "Unconfirmed outcomes the relay stopped re-sending (resend them from the console)",
+            value=given_up or 0,
+        )
         yield self._decisions_today(session)
+        yield from self._late_reports_today(session)
         yield from self._last_slot(session)
 
     def _decisions_today(self, session: Session) -> Metric:
@@ -86,6 +97,27 @@ class PipelineCollector(Collector):
         for outcome, count in counts.items():
             family.add_metric([outcome], count)
         return family
+
+    def _late_reports_today(self, session: Session) -> Iterator[Metric]:
+        """R4a: reports planned from their arrival today, and the latest of them."""
+        start, end = day_bounds(self.now())
+        count, latest = session.execute(
+            select(func.count(), func.max(HistoryRow.late_s)).where(
+                HistoryRow.late_s.is_not(None),
+                HistoryRow.recorded_at >= start,
+                HistoryRow.recorded_at < end,
+            )
+        ).one()
+        yield GaugeMetricFamily(
+            "retry_pipeline_late_reports_today",
+            "Reports that reached the pipeline late today (Japan time), planned from arrival",
+            value=count or 0,
+        )
+        yield GaugeMetricFamily(
+            "retry_pipeline_late_report_max_seconds",
+            "The longest a report took today from detection to the pipeline (R4a)",
+            value=latest or 0,
+        )
 
     def _last_slot(self, session: Session) -> Iterator[Metric]:
         """How late the attempts of the last slot that ran were recorded."""

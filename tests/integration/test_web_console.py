@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from retry_pipeline.adapters.orm import ChainRow, DeadLetterRow, OutboxRow, UserRow
+from retry_pipeline.adapters.orm import ChainRow, DeadLetterRow, HistoryRow, OutboxRow, UserRow
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.clock import FixedClock
 from retry_pipeline.config import Settings
@@ -362,6 +363,27 @@ def test_metrics_need_no_login_and_come_from_sql(env: Env) -> None:
     finally:
         other.dispose()
     assert "retry_pipeline_dead_letters 3.0" in again
+
+
+def test_metrics_count_given_up_outcomes_and_late_reports(env: Env) -> None:
+    client = env.client()
+    before = client.get("/metrics").text
+    assert "retry_pipeline_given_up_outcomes 0.0" in before
+    assert "retry_pipeline_late_reports_today 0.0" in before
+    assert "retry_pipeline_late_report_max_seconds 0.0" in before
+    with env.console.writing() as session:
+        (outcome,) = session.scalars(select(OutboxRow))
+        outcome.gave_up_at = END  # the relay's cap reached, still unconfirmed
+        lines = list(session.scalars(select(HistoryRow).order_by(HistoryRow.id)))
+        lines[-1].late_s, lines[-1].recorded_at = 5400, END  # R4a: 90 minutes late, today
+        lines[0].late_s, lines[0].recorded_at = 99_999, END - timedelta(days=1)  # not today
+    after = client.get("/metrics").text
+    assert "retry_pipeline_given_up_outcomes 1.0" in after
+    assert "retry_pipeline_late_reports_today 1.0" in after
+    assert "retry_pipeline_late_report_max_seconds 5400.0" in after
+    with env.console.writing() as session:
+        session.scalars(select(OutboxRow)).one().confirmed_at = END  # confirmed after all
+    assert "retry_pipeline_given_up_outcomes 0.0" in client.get("/metrics").text
 
 
 def test_an_old_hash_is_upgraded_at_login(env: Env) -> None:
