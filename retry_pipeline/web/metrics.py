@@ -10,7 +10,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from retry_pipeline.adapters.orm import ChainRow, DeadLetterRow, HistoryRow, OutboxRow
+from retry_pipeline.adapters.orm import ChainRow, DeadLetterRow, HistoryRow
+from retry_pipeline.adapters.outbox import SqlOutbox
 from retry_pipeline.web.queries import ENDINGS, day_bounds
 
 DECIDED_EVENTS = (*ENDINGS, "attempt")
@@ -57,23 +58,16 @@ class PipelineCollector(Collector):
         yield GaugeMetricFamily(
             "retry_pipeline_dead_letters", "Refused messages not resolved", value=dead or 0
         )
-        unconfirmed = session.scalar(
-            select(func.count()).select_from(OutboxRow).where(OutboxRow.confirmed_at.is_(None))
-        )
+        outbox = SqlOutbox(session)
         yield GaugeMetricFamily(
             "retry_pipeline_unconfirmed_outcomes",
             "Outcomes the examination side has not confirmed",
-            value=unconfirmed or 0,
-        )
-        given_up = session.scalar(
-            select(func.count())
-            .select_from(OutboxRow)
-            .where(OutboxRow.confirmed_at.is_(None), OutboxRow.gave_up_at.is_not(None))
+            value=outbox.count_unconfirmed(),
         )
         yield GaugeMetricFamily(
             "retry_pipeline_given_up_outcomes",
             "Unconfirmed outcomes the relay stopped re-sending (resend them from the console)",
-            value=given_up or 0,
+            value=outbox.count_given_up(),
         )
         yield self._decisions_today(session)
         yield from self._late_reports_today(session)
