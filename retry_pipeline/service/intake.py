@@ -75,16 +75,26 @@ def arrival(now: datetime, sent_at: datetime | None) -> datetime:
 
 
 def accept_reports(
-    deps: Deps, reports: Sequence[Report], sent_at: datetime | None = None
+    deps: Deps,
+    reports: Sequence[Report],
+    sent_at: datetime | None = None,
+    *,
+    each_sent_at: Sequence[datetime | None] | None = None,
 ) -> list[Accepted | InvalidReport]:
     """Each report started, merged, ended (R3), auto-corrected at once or refused, in order.
 
     A refused report (R1, a detection time in the future, R4 a conflict with the live
     record, R4a stale) is returned as its error and does not stop the others.
-    ``sent_at``: when the sender put them on the pipeline's queue (R4a, ``arrival``).
+    ``sent_at``: when the sender put them on the pipeline's queue (R4a, ``arrival``);
+    ``each_sent_at``: the same for each report (one-report messages taken together).
     """
     now = deps.clock.now()
-    arrived = arrival(now, sent_at)
+    if each_sent_at is None:
+        arrived = [arrival(now, sent_at)] * len(reports)
+    elif len(each_sent_at) != len(reports):
+        raise ValueError("each_sent_at needs one sent-at per report")
+    else:
+        arrived = [arrival(now, at) for at in each_sent_at]
     refused: dict[int, InvalidReport] = {}
     admitted: list[tuple[int, Report, Admission]] = []
     for index, report in enumerate(reports):
@@ -109,11 +119,14 @@ def _accept_in(
     u: UnitOfWork,
     admitted: list[tuple[int, Report, Admission]],
     now: datetime,
-    arrived: datetime,
+    arrived: list[datetime],
 ) -> dict[int, Accepted | InvalidReport]:
     if not admitted:
         return {}
-    signals = close_signals(u, min([arrived, *(r.detected_at for _, r, _a in admitted)]))
+    first = min(
+        [*(arrived[i] for i, _r, _a in admitted), *(r.detected_at for _, r, _a in admitted)]
+    )
+    signals = close_signals(u, first)
     apps = [r.subject.application for _, r, _a in admitted]
     live = u.chains.of_applications(apps, lock=True)
     decided = u.history.last_decisions(apps)
@@ -133,7 +146,7 @@ def _accept_in(
     for index, report, admission in admitted:
         app = report.subject.application
         decision = decide_report(
-            report, admission, known[app], deps.calendar, signals, arrived_at=arrived
+            report, admission, known[app], deps.calendar, signals, arrived_at=arrived[index]
         )
         before = known[app]
         result, after = writes.apply(report, decision, before)

@@ -56,10 +56,15 @@ class Pipeline:
         return result
 
     def accept_reports(
-        self, reports: Sequence[Report], sent_at: datetime | None = None
+        self,
+        reports: Sequence[Report],
+        sent_at: datetime | None = None,
+        *,
+        each_sent_at: Sequence[datetime | None] | None = None,
     ) -> list[Accepted | InvalidReport]:
-        """``accept_report`` for many reports in one transaction; refusals as their errors."""
-        return intake.accept_reports(self.deps, reports, sent_at)
+        """``accept_report`` for many reports in one transaction; refusals as their errors.
+        ``each_sent_at``: each report's own sent-at (R4a), for one-report messages."""
+        return intake.accept_reports(self.deps, reports, sent_at, each_sent_at=each_sent_at)
 
     def run_slot(
         self, slot: datetime, batch: int = slots.BATCH, decided: dict[str, str] | None = None
