@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from kombu.utils.uuid import uuid
+
 from retry_pipeline.calendar import format_instant
 from retry_pipeline.clock import Clock
 from retry_pipeline.config import Settings
@@ -64,9 +66,19 @@ class CeleryExaminationGateway:
     def deliver(self, outcome: PendingOutcome) -> None:
         s = self.settings
         name = s.resume_task if outcome.outcome is Outcome.RESUMED else s.auto_correct_task
-        self.app.send_task(name, kwargs=outcome_message(outcome), queue=s.examination_queue)
+        self._send(name, outcome_message(outcome))
 
     def deliver_receipt(self, receipt: PendingReceipt) -> None:
-        s = self.settings
-        body = receipt_message(receipt)
-        self.app.send_task(s.report_received_task, kwargs=body, queue=s.examination_queue)
+        self._send(self.settings.report_received_task, receipt_message(receipt))
+
+    def _send(self, name: str, body: dict[str, Any]) -> None:
+        """One task message by name on the examination queue, through Celery's own message
+        builder and publisher (serializer, signing, routing, retry policy) but without
+        ``send_task``'s per-call routing and task-sent event: about twice as fast, and the
+        relay sends one message per outcome (issue 11)."""
+        amqp = self.app.amqp
+        message = amqp.create_task_message(
+            uuid(), name, (), body, create_sent_event=False, ignore_result=True
+        )
+        with self.app.producer_or_acquire() as producer:
+            amqp.send_task_message(producer, name, message, queue=self.settings.examination_queue)
