@@ -14,9 +14,8 @@ certificate) and ``RETRY_PIPELINE_SECURITY_CERT_STORE`` (a folder holding the
 pipeline's certificate, to verify outcomes) set, or with ``signed_app(...)``, every
 report is signed. Celery registers one ``auth`` serializer per process: one key.
 
-Each message carries the instant it was sent (header ``retry_pipeline_sent_at``): a
-report that reaches the pipeline late is planned from then (R4a), time spent in the
-pipeline's own broker does not count.
+Each message carries the instant it was sent (header ``retry_pipeline_sent_at``): a report
+that reaches the pipeline late is planned from then (R4a); its own broker's time is ours.
 
 A broker may forget a queued report (a Redis flush or a restart without persistence).
 ``DurableSender`` keeps each report in a local table (any SQLAlchemy URL) until its
@@ -54,6 +53,7 @@ from retry_pipeline.names import (
 )
 
 _apps: dict[str, Celery] = {}
+Instant = datetime | None
 SENT_AT_HEADER = "retry_pipeline_sent_at"  # read by retry_pipeline.tasks (R4a)
 
 
@@ -240,14 +240,16 @@ class DurableSender:
         self.broker_url, self.queue, self.app = broker_url, queue, app
         self.resend_after, self.batch, self.clock = resend_after, batch, clock
 
-    def send(self, report: dict[str, Any]) -> None:
+    def send(self, report: dict[str, Any], *, taken_at: Instant = None) -> None:
         """Keep ``report`` (committed first), then send it."""
-        self.send_many([report])
+        self.send_many([report], taken_at=taken_at)
 
-    def send_many(self, reports: Sequence[dict[str, Any]]) -> None:
+    def send_many(self, reports: Sequence[dict[str, Any]], *, taken_at: Instant = None) -> None:
         """Keep every report in one transaction, then send them ``batch`` to a message.
 
         A report already kept (same application and ``detected_at``) is sent again.
+        ``taken_at``: when the reports were taken here, if not now (a simulation passes
+        the instant its scenario sends them); every send carries it as its sent-at (R4a).
         """
         bodies = [_body(r) for r in reports]
         for body in bodies:
@@ -255,7 +257,7 @@ class DurableSender:
                 body.get("detected_at"), str
             ):
                 raise ValueError("a report needs an application and a detected_at (ISO text)")
-        now = self.clock()
+        now = self.clock() if taken_at is None else taken_at
         keys = [report_key(b["application"], b["detected_at"]) for b in bodies]
         with Session(self.engine) as session, session.begin():
             known = set(self._ids(session, keys))

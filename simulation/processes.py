@@ -58,7 +58,7 @@ class Run:
         if self.sender is not None:
             # Kept (committed) before it is sent: when the broker is down, resend_due sends it.
             with contextlib.suppress(Exception):
-                self.sender.send(body)
+                self.sender.send(body, taken_at=sent_at)  # R4a: as the scenario sends it
         else:
             report_missing(body, broker_url=self.broker_url, queue=self.queue, sent_at=sent_at)
         self.reports_sent += 1
