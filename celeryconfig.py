@@ -29,6 +29,13 @@ worker_prefetch_multiplier = 1
 
 # Simulations on a scaled clock set a few real seconds (still above one slot).
 broker_transport_options = {"visibility_timeout": _settings.visibility_timeout_s}
+if _settings.visibility_timeout_s < 1000:
+    # Redis: a short visibility timeout (tests, fault runs) is only useful if the unacked
+    # sweep runs as often; kombu's default sweep is about every 100 s.
+    broker_transport_options.update(
+        unacked_restore_interval=max(1, _settings.visibility_timeout_s // 10),
+        unacked_restore_throttle=1,
+    )
 broker_connection_retry_on_startup = True
 
 _queue = _settings.queue

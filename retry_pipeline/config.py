@@ -69,6 +69,10 @@ class Settings:
     relay_backoff_min: int = 20
     relay_backoff_max_min: int = 240
     relay_max_sends: int = 8
+    # Issue 11: one-report messages are taken in micro-batches of up to REPORT_BATCH,
+    # flushed at least every REPORT_FLUSH_MS (retry_pipeline/report_buffer.py); 1 = off.
+    report_batch: int = 100
+    report_flush_ms: int = 50
 
     def __post_init__(self) -> None:
         if self.step_min <= 0 or 24 * 60 % self.step_min:
@@ -101,6 +105,10 @@ class Settings:
             raise ConfigError("RELAY_BACKOFF_MIN must be >= 1 and <= RELAY_BACKOFF_MAX_MIN")
         if self.relay_max_sends < 1:
             raise ConfigError(f"RELAY_MAX_SENDS must be >= 1, got {self.relay_max_sends}")
+        if not 1 <= self.report_batch <= 1000:
+            raise ConfigError(f"REPORT_BATCH must be 1..1000, got {self.report_batch}")
+        if not 1 <= self.report_flush_ms <= 1000:
+            raise ConfigError(f"REPORT_FLUSH_MS must be 1..1000, got {self.report_flush_ms}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -191,6 +199,8 @@ _INTS = (
     "RELAY_BACKOFF_MIN",
     "RELAY_BACKOFF_MAX_MIN",
     "RELAY_MAX_SENDS",
+    "REPORT_BATCH",
+    "REPORT_FLUSH_MS",
 )
 _TEXT = (
     "DATABASE_URL",

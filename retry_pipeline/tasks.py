@@ -8,6 +8,7 @@ worker sends ``retry_pipeline.report_missing`` by name, beat sends
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, NoReturn
@@ -118,21 +119,25 @@ app.conf.beat_max_loop_interval = settings().beat_max_interval_s
 REPORT_TASKS = (names.REPORT_MISSING, names.REPORT_MISSING_BATCH)
 
 
-def _keep(task: str, reason: str, payload: Any) -> int:
+def keep_refused(task: str, reason: str, payload: Any) -> int:
+    """Keep a refused message as a dead letter (and a refused report's receipt); its id."""
     # DESIGN 11: a refused report is answered too, when it names its application.
     receipt = refusal_receipt(payload, reason) if task in REPORT_TASKS else None
     return service().keep_dead_letter(task, reason, raw_text(payload), receipt)
 
 
+def refused(letter: int, reason: str) -> MessageRefused:
+    """The error a refused message's task fails with (Flower's Failed tab)."""
+    return MessageRefused(f"refused (dead letter #{letter}): {reason}")
+
+
 def _refuse(task: str, reason: str, payload: Any) -> NoReturn:
     """Keep the message as a dead letter, then fail the task with the reason (Flower)."""
-    letter = _keep(task, reason, payload)
-    raise MessageRefused(f"refused (dead letter #{letter}): {reason}")
+    raise refused(keep_refused(task, reason, payload), reason)
 
 
-def _sent_at(request: Any) -> Any:
+def parse_sent_at(value: Any) -> datetime | None:
     """R4a: when the sender put the message on the queue (its header), if it said so."""
-    value = request.get(SENT_AT_HEADER) if request is not None else None
     if not isinstance(value, str):
         return None
     try:
@@ -141,7 +146,28 @@ def _sent_at(request: Any) -> Any:
         return None
 
 
-def _accepted(accepted: Accepted) -> dict[str, Any]:
+def _sent_at(request: Any) -> datetime | None:
+    return parse_sent_at(request.get(SENT_AT_HEADER) if request is not None else None)
+
+
+class WrongShape(InvalidReport):
+    """A ``report_missing`` message that is not one report; ``message`` is what is kept."""
+
+    def __init__(self, reason: str, message: Any) -> None:
+        super().__init__(reason)
+        self.message = message
+
+
+def report_message(args: Sequence[Any], fields: Mapping[str, Any]) -> Any:
+    """The one report a ``report_missing`` message carries (positional or as keywords)."""
+    if len(args) > 1 or (args and fields):
+        shown = {"args": list(args), "kwargs": dict(fields)}
+        raise WrongShape(f"one report per message, got {len(args)} positional arguments", shown)
+    return args[0] if len(args) == 1 else dict(fields)
+
+
+def accepted_result(accepted: Accepted) -> dict[str, Any]:
+    """A report task's result: what became of the report (Flower shows it)."""
     next_slot = accepted.next_slot
     return {
         "status": "retry" if accepted.retry else "auto_corrected",
@@ -152,21 +178,25 @@ def _accepted(accepted: Accepted) -> dict[str, Any]:
     }
 
 
-@app.task(name=names.REPORT_MISSING, bind=True, **DB_RETRY)
+# Strategy: the consumer takes plain one-report messages in micro-batches (issue 11).
+@app.task(
+    name=names.REPORT_MISSING, bind=True, Strategy="retry_pipeline.report_buffer:buffered",
+    **DB_RETRY,
+)  # fmt: skip
 def report_missing(self: Any, *args: Any, **fields: Any) -> dict[str, Any]:
     """A missing-certificate report (R1, R3, R4, R4a): start, merge, or auto-correct at once.
 
     A refused report is kept as a dead letter and its task fails with the reason.
     """
-    message: Any = args[0] if len(args) == 1 and not fields else fields
     try:
-        if len(args) > 1 or (args and fields):
-            message = {"args": list(args), "kwargs": fields}
-            raise InvalidReport(f"one report per message, got {len(args)} positional arguments")
+        message = report_message(args, fields)
+    except WrongShape as exc:
+        _refuse(names.REPORT_MISSING, str(exc), exc.message)
+    try:
         accepted = service().accept_report(parse_report(message), _sent_at(self.request))
     except InvalidReport as exc:  # NotARetryTarget (R1), skew, conflict (R4), stale (R4a)
         _refuse(names.REPORT_MISSING, str(exc), message)
-    return _accepted(accepted)
+    return accepted_result(accepted)
 
 
 @app.task(name=names.REPORT_MISSING_BATCH, bind=True, **DB_RETRY)
@@ -183,7 +213,7 @@ def report_missing_batch(self: Any, reports: Any) -> dict[str, Any]:
     refusals: list[dict[str, Any]] = []
 
     def refuse(index: int, reason: str, message: Any) -> None:
-        letter = _keep(task, reason, message)  # at most MAX_BATCH of them
+        letter = keep_refused(task, reason, message)  # at most MAX_BATCH of them
         application = message.get("application") if isinstance(message, dict) else None
         refusals.append({"index": index, "application": application, "reason": reason,
                          "dead_letter": letter})  # fmt: skip

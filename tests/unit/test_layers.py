@@ -25,7 +25,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("service", "views"),
     ("adapters", "migrations", "schedules", "client", "signing"),
     ("bootstrap",),
-    ("worker", "tasks", "heartbeat", "flower_readonly"),
+    ("worker", "tasks", "heartbeat", "flower_readonly", "report_buffer"),
     ("cli", "web", "ops"),
 ]
 PURE = ("model", "policy", "rules", "attempts", "intake", "calendar", "clock", "errors", "names")

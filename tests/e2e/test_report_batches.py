@@ -1,0 +1,252 @@
+"""Issue 11: one-report messages taken in micro-batches by a real prefork worker, on
+PostgreSQL, over Redis and RabbitMQ (``retry_pipeline/report_buffer.py``).
+
+Each report is still judged on its own: a late one (R4a) is planned from its arrival, a
+repeated one is a duplicate, a conflicting one (R4), a malformed one and a message with
+two reports are refused with one dead letter each; every message gets one
+task-succeeded or task-failed event; and at least one batch held more than one report.
+A worker SIGKILLed while reports stream in loses none and doubles none: its
+unacknowledged messages come back and the next worker takes them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from sqlalchemy import Engine, func, select
+
+from retry_pipeline.adapters.db import make_engine
+from retry_pipeline.adapters.migrate import upgrade
+from retry_pipeline.adapters.orm import ChainRow, DeadLetterRow, HistoryRow, ReceiptRow
+from retry_pipeline.calendar import parse_instant
+from retry_pipeline.client import SENT_AT_HEADER
+from retry_pipeline.clock import FileClock
+from retry_pipeline.config import PREFIX
+from tests.conftest import _reset_postgres, create_registry_standin_at
+
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = parse_instant("2026-11-27T09:05:00+09:00")  # a Friday, a business day
+REPORT = "retry_pipeline.report_missing"
+DEADLINE_S = 120
+
+
+@pytest.fixture
+def pg_url(postgres_server_url: str) -> str:
+    _reset_postgres(postgres_server_url)
+    upgrade(postgres_server_url)
+    create_registry_standin_at(postgres_server_url)  # Kei-MOTAS is external: stand in
+    return postgres_server_url
+
+
+class Workers:
+    """Start and kill real prefork workers on one queue, on a clock standing at ``NOW``."""
+
+    def __init__(self, pg_url: str, broker_url: str, workdir: Path, **extra: str) -> None:
+        clock = workdir / "clock.json"
+        FileClock.write(clock, NOW, 1.0)
+        self.queue = f"batches-{uuid.uuid4().hex[:8]}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
+        self.env.update({
+            f"{PREFIX}DATABASE_URL": pg_url, f"{PREFIX}BROKER_URL": broker_url,
+            f"{PREFIX}CLOCK_FILE": str(clock), f"{PREFIX}QUEUE": self.queue,
+            f"{PREFIX}EXAMINATION_QUEUE": f"{self.queue}-examination", "PYTHONPATH": str(ROOT),
+            **{PREFIX + k: v for k, v in extra.items()},
+        })  # fmt: skip
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        n = len(self.procs)
+        log = open(self.workdir / f"worker{n}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "retry_pipeline.tasks", "worker",
+             "-Q", self.queue, "-c", "2", "-P", "prefork", "--without-gossip",
+             "--without-mingle", "--loglevel", "INFO", "-n", f"b{n}-{self.queue}@test"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def log(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.workdir.glob("worker*.log"))
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def client_for(broker_url: str) -> Celery:
+    app = Celery("batches-client", broker=broker_url, set_as_current=False)
+    app.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True)
+    return app
+
+
+def report(app: str, **changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "application": app, "office": "OSK01", "procedure": "continuous",
+        "vehicle": f"V-{app}", "missing": ["safety"], "confirmed": [],
+        "detected_at": (NOW - timedelta(minutes=2)).isoformat(),
+    }  # fmt: skip
+    body.update(changes)
+    return body
+
+
+def send(client: Celery, queue: str, *args: Any, **kwargs: Any) -> str:
+    sent_at = kwargs.pop("_sent_at", None)
+    headers = {SENT_AT_HEADER: sent_at} if sent_at else None
+    result = client.send_task(REPORT, args=args, kwargs=kwargs, queue=queue, headers=headers)
+    return str(result.id)
+
+
+def wait_until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def count(engine: Engine, row: Any, *where: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(row).where(*where)) or 0)
+
+
+class Events:
+    """Task events of the run, by task id (Flower reads the same stream)."""
+
+    def __init__(self, client: Celery) -> None:
+        self.by_task: dict[str, list[dict[str, Any]]] = {}
+        self.client = client
+        self.receiver: Any = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        wait_until(lambda: self.receiver is not None, "the event receiver")
+
+    def _run(self) -> None:
+        with self.client.connection_for_read() as conn:
+            self.receiver = self.client.events.Receiver(conn, handlers={"*": self._on})
+            self.receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def _on(self, event: dict[str, Any]) -> None:
+        if "uuid" in event:
+            self.by_task.setdefault(event["uuid"], []).append(event)
+
+    def close(self) -> None:
+        self.receiver.should_stop = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def workers(pg_url: str, any_broker: str, tmp_path: Path) -> Iterator[Workers]:
+    w = Workers(pg_url, any_broker, tmp_path, VISIBILITY_TIMEOUT_S="10")
+    yield w
+    w.stop()
+
+
+def test_each_batched_report_keeps_its_own_rules(
+    pg_url: str, any_broker: str, workers: Workers
+) -> None:
+    engine = make_engine(pg_url)
+    client = client_for(any_broker)
+    events = Events(client)
+    q = workers.queue
+    good = [send(client, q, report(f"BATCH-{i:04d}")) for i in range(300)]
+    late = send(client, q, report("BATCH-LATE", detected_at="2026-11-27T08:36:00+09:00"),
+                _sent_at=NOW.isoformat())  # fmt: skip
+    twice = send(client, q, report("BATCH-0000"))  # the same report again: a duplicate
+    conflict = send(client, q, report("BATCH-0001", office="KOB02"))  # R4
+    bad = send(client, q, report("BATCH-BAD", vehicle=""))
+    two = send(client, q, report("BATCH-TWO-A"), report("BATCH-TWO-B"))
+    workers.start()  # after the sends: the queue is full when the worker comes up
+    refused = {conflict, bad, two}
+    every = {*good, late, twice, *refused}
+
+    def settled() -> bool:
+        return all(
+            any(e["type"] in ("task-succeeded", "task-failed") for e in events.by_task.get(t, []))
+            for t in every
+        )
+
+    wait_until(settled, "one outcome event per report message")
+    time.sleep(1.0)  # any second event would arrive by now
+    events.close()
+    assert count(engine, ChainRow) == 301  # 300 + the late one; no other chain
+    assert count(engine, DeadLetterRow) == 3
+    with engine.connect() as conn:
+        reasons = list(conn.scalars(select(DeadLetterRow.reason)))
+        late_s = conn.scalar(
+            select(HistoryRow.late_s).where(
+                HistoryRow.application == "BATCH-LATE", HistoryRow.event == "reported"
+            )
+        )
+        statuses = Counter(conn.scalars(select(ReceiptRow.status)))
+    assert any("conflicting report (R4)" in r for r in reasons), reasons
+    assert any("one report per message" in r for r in reasons), reasons
+    assert late_s == 29 * 60  # R4a: detected 08:36, sent 09:05: planned from its arrival
+    assert statuses["accepted"] == 301 and statuses["duplicate"] == 1, statuses
+    assert statuses["refused"] >= 2, statuses  # the refused reports that name an application
+    for task_id in every:
+        done = [
+            e for e in events.by_task[task_id] if e["type"] in ("task-succeeded", "task-failed")
+        ]
+        assert len(done) == 1, (task_id, done)
+        assert done[0]["name"] == REPORT
+        expected = "task-failed" if task_id in refused else "task-succeeded"
+        assert done[0]["type"] == expected, done[0]
+        if task_id in refused:
+            assert "dead letter #" in done[0]["exception"], done[0]
+    sizes = [int(n) for n in re.findall(r"took (\d+) reports in one batch", workers.log())]
+    assert sizes and max(sizes) > 1, sizes
+
+
+def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(
+    pg_url: str, any_broker: str, workers: Workers
+) -> None:
+    engine = make_engine(pg_url)
+    client = client_for(any_broker)
+    n = 2000
+    apps = [f"KILL-{i:05d}" for i in range(n)]
+    first = workers.start()
+    sender = threading.Thread(
+        target=lambda: [send(client, workers.queue, report(a)) for a in apps], daemon=True
+    )
+    sender.start()
+    wait_until(lambda: count(engine, ChainRow) >= 200, "the first reports taken")
+    os.killpg(first.pid, signal.SIGKILL)  # buffered and in-flight batches die with it
+    first.wait()
+    taken_before = count(engine, ChainRow)
+    assert taken_before < n, "the worker took everything before it was killed"
+    sender.join(timeout=DEADLINE_S)
+    workers.start()
+    wait_until(lambda: count(engine, ChainRow) >= n, f"all {n} chains")
+    time.sleep(12.0)  # the visibility timeout: any message still out comes back by now
+    assert count(engine, ChainRow) == n
+    with engine.connect() as conn:
+        reported = Counter(
+            conn.scalars(select(HistoryRow.application).where(HistoryRow.event == "reported"))
+        )
+    assert set(reported) == set(apps)
+    assert max(reported.values()) == 1  # a message taken twice is a duplicate, not a chain
+    assert count(engine, DeadLetterRow) == 0
