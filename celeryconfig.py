@@ -7,6 +7,7 @@ Secrets (a Redis password in the URL) come only from the environment or a file
 
 from kombu import Exchange, Queue
 
+from retry_pipeline import names
 from retry_pipeline.config import Settings
 
 _settings = Settings.from_env()  # RETRY_PIPELINE_*, secrets also from their *_FILE
@@ -45,7 +46,7 @@ task_queues = (
     Queue(_queue, Exchange(_queue), routing_key=_queue),
     Queue(_examination, Exchange(_examination), routing_key=_examination),
 )
-task_routes = {"examination.*": {"queue": _examination, "routing_key": _examination}}
+task_routes = {names.EXAMINATION_TASKS: {"queue": _examination, "routing_key": _examination}}
 task_create_missing_queues = True
 
 timezone = "Asia/Tokyo"

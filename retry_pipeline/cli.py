@@ -88,7 +88,9 @@ def upgrade(revision: str) -> None:
     try:
         run_upgrade(settings.database_url, revision)
     except (CommandError, RevisionError) as exc:
-        raise BadInput(f"--revision {revision!r}: {exc}") from None
+        # Alembic's message repeats the input as it is: shown escaped, on one line.
+        shown = str(exc).encode("unicode_escape").decode("ascii")
+        raise BadInput(f"--revision {revision!r}: {shown}") from None
     click.echo(f"database at {revision}", err=True)
 
 
@@ -115,7 +117,9 @@ def status(office: str, application: str | None, as_json: bool) -> None:
     store, settings = _store(), load_settings()
     view = office_view(store, BusinessCalendar(settings), office, application)
     if application is not None and not view["applications"] and not view["ended"]:
-        click.echo(f"application {application} has no retry record at office {office}", err=True)
+        from retry_pipeline.wording import no_record_text
+
+        click.echo(no_record_text(office, application), err=True)
         sys.exit(1)
     click.echo(
         json.dumps(view, ensure_ascii=False, indent=2)

@@ -9,12 +9,14 @@ Passwords in URLs are masked.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import click
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
+from retry_pipeline import names
 from retry_pipeline.config import PREFIX, env_setting
 from retry_pipeline.errors import ConfigError, RegistryUnavailable
 from retry_pipeline.redact import mask_url
@@ -66,7 +68,7 @@ def short_error(exc: BaseException) -> tuple[str, int] | None:
             return f"database {url} is not migrated ({text}): {UPGRADE_HINT}", UNAVAILABLE
         return f"database {url} unreachable: {text}", UNAVAILABLE
     if _is_broker_error(exc):
-        broker = _shown("BROKER_URL", "redis://127.0.0.1:6379/0")
+        broker = _shown("BROKER_URL", names.DEFAULT_BROKER_URL)
         return f"broker {broker} unreachable: {exc}", UNAVAILABLE
     return None
 
@@ -91,6 +93,23 @@ def _is_broker_error(exc: BaseException) -> bool:
 
 class ShortErrorGroup(click.Group):
     """A click group whose commands fail with one line, never a traceback, on such errors."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Bad input (a usage error) is one line on stderr and exit 2, without Click's
+        usage block: ``Error: <what is wrong>``."""
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         check_urls()

@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from retry_pipeline import names
 from retry_pipeline.adapters.db import make_engine, make_sessions
 from retry_pipeline.adapters.orm import HeartbeatRow
 from retry_pipeline.calendar import BusinessCalendar, to_local
@@ -37,7 +38,7 @@ from retry_pipeline.schedules import grid_ticks
 log = logging.getLogger(__name__)
 BEAT = "beat"
 WORKER = "worker"
-GRID_TICK_TASK = "retry_pipeline.tick"
+GRID_TICK_TASK = names.TICK
 
 
 def record(

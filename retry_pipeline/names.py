@@ -22,3 +22,4 @@ DEFAULT_RESUME_TASK = "examination.resume_pre_review"
 DEFAULT_AUTO_CORRECT_TASK = "examination.auto_correct"
 DEFAULT_REPORT_RECEIVED_TASK = "examination.report_received"  # receipts (DESIGN 11)
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+EXAMINATION_TASKS = "examination.*"  # routed to the examination queue (celeryconfig)

@@ -7,8 +7,9 @@ own) are taken. Any other message (unsigned JSON, a foreign key, a bad signature
 fails to decode before any task runs, and the worker keeps it as a dead letter.
 Without keys the worker logs a warning at start and takes unsigned JSON as before.
 
-Also: ``create_keypair`` writes an RSA key and a self-signed certificate
-(``retry-pipeline keys create``) for a pipeline or an examination side.
+Also: ``create_keypair`` writes an RSA key and a self-signed certificate for a pipeline
+or an examination side (used by the tests; ``scripts/make-secrets.sh`` makes them with
+openssl for compose).
 """
 
 from __future__ import annotations

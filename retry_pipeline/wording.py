@@ -94,3 +94,8 @@ def event_text(event: str, attempt_no: int | None, missing: list[str], detail: s
     if event == "duplicate":
         return "同じエラーの再通知（処理済みのため記録のみ）"
     return event
+
+
+def no_record_text(office: str, application: str) -> str:
+    """``status --application`` for an application with no retry record at that office."""
+    return f"事務所 {office}：申請 {application} は{RETRY_TABLE}の記録がありません"

@@ -56,9 +56,9 @@ def assert_clean(result: Result) -> None:
     assert result.exit_code in (0, 2), (result.exit_code, result.output, result.exception)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert "Traceback" not in result.output
-    if result.exit_code == 2:
-        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-        assert len(errors) == 1, result.output
+    if result.exit_code == 2:  # one line, no usage block: ``Error: <what is wrong>``
+        lines = result.output.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
 
 
 def close_signal_count(store: RetryStore) -> int:
@@ -208,8 +208,9 @@ def test_sweep_status(
         args += ["--application", application]
     result = run(env, *args, *(["--json"] if as_json else []))
     if result.exit_code == 1:  # "no retry record": a clear line, not a fault
-        assert result.output == (
-            f"application {application} has no retry record at office {office}\n"
+        assert (
+            result.output
+            == f"事務所 {office}：申請 {application} はリトライ対象の記録がありません\n"
         )
         return
     assert_clean(result)

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -208,7 +209,7 @@ def test_r15_status_cli_refuses_an_application_of_another_office(
             result = status(db_url, "--office", OWN, "--application", application, *extra)
             assert result.exit_code == 1, result.output
             assert result.stdout == ""
-            assert "no retry record" in result.stderr
+            assert "リトライ対象の記録がありません" in result.stderr
             for trace in offices.other_office_traces():
                 assert trace not in result.output
 
@@ -525,6 +526,24 @@ def test_flower_runs_only_behind_basic_auth_from_the_environment() -> None:
         ports = re.findall(r"(\d+(?:\.\d+){3}:)?\d+:5555", block)
         assert all(p for p in ports), f"{name}: Flower published on every interface"
     assert "basic_auth = configure()" in (ROOT / "flowerconfig.py").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(("given", "listens"), [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")])
+def test_flower_listens_on_loopback_unless_told(
+    tmp_path: Path, given: str | None, listens: str
+) -> None:
+    auth = tmp_path / "flower_auth"
+    auth.write_text("ops:a-long-password\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "FLOWER_ADDRESS"}
+    env["RETRY_PIPELINE_FLOWER_BASIC_AUTH_FILE"] = str(auth)
+    if given is not None:
+        env["FLOWER_ADDRESS"] = given
+    shown = subprocess.run(
+        [sys.executable, "-c", "import flowerconfig; print(flowerconfig.address)"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert shown.stdout.strip() == listens
+    assert "FLOWER_ADDRESS: 0.0.0.0" in compose_services()["flower"]  # in its container only
 
 
 def test_readme_documents_a_broker_url_with_a_password() -> None:

@@ -297,7 +297,10 @@ def test_calendar_bad_arguments(args: list[str]) -> None:
 
 
 def error_lines(result: Result) -> list[str]:
-    return [line for line in result.output.splitlines() if line.startswith("Error:")]
+    """The output of a refusal: one ``Error:`` line and nothing else (no usage block)."""
+    lines = result.output.splitlines()
+    assert all(line.startswith("Error:") for line in lines), result.output
+    return lines
 
 
 @pytest.mark.parametrize(
