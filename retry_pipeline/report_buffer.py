@@ -38,6 +38,7 @@ from celery.worker.strategy import default
 
 from retry_pipeline.client import SENT_AT_HEADER
 from retry_pipeline.errors import InvalidReport
+from retry_pipeline.logs import bind, task_fields
 from retry_pipeline.messages import parse_report
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,8 @@ def take_reports(items: list[tuple[list[Any], dict[str, Any], Any]]) -> list[tup
 
     def refuse(index: int, reason: str, message: Any) -> None:
         try:
-            letter = tasks.keep_refused(names.REPORT_MISSING, reason, message)
+            with bind(**task_fields([message], {})):  # the log line names its application
+                letter = tasks.keep_refused(names.REPORT_MISSING, reason, message)
         except Exception:
             log.exception("dead letter not stored; the report goes alone")
             return
