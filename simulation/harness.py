@@ -34,6 +34,7 @@ from retry_pipeline.config import PREFIX, Settings
 from retry_pipeline.model import Certificate
 from retry_pipeline.redact import mask_url
 from simulation import examination
+from simulation.databases import private_database
 from simulation.faults import Injector, build_injector
 from simulation.processes import (
     EXAMINATION,
@@ -78,6 +79,9 @@ class Options:
     loglevel: str = "WARNING"  # of the worker and beat logs in the workdir
     faults: tuple[str, ...] = ()  # see simulation/faults.py; forces a private Redis
     fault_seed: int = 0
+    # sqlite (a file in the workdir), postgresql (a private database, dropped after) or
+    # a PostgreSQL URL to create that private database on (see simulation/databases.py)
+    database: str = "sqlite"
 
 
 def simulate(
@@ -108,8 +112,7 @@ def run_simulation(
     tmp = None if options.workdir else tempfile.TemporaryDirectory(prefix="retry-pipeline-sim-")
     workdir = options.workdir or Path(tmp.name)  # type: ignore[union-attr]
     workdir.mkdir(parents=True, exist_ok=True)
-    database_url = f"sqlite:///{workdir / 'simulation.sqlite3'}"
-    for stale in [*workdir.glob("simulation.sqlite3*"), *workdir.glob("sender.sqlite3*")]:
+    for stale in workdir.glob("sender.sqlite3*"):
         stale.unlink()
     for stale in workdir.glob("beat*-schedule*"):
         stale.unlink()
@@ -118,7 +121,12 @@ def run_simulation(
     say(f"broker {shown}{' (private redis-server)' if private else ''}; workdir {workdir}")
     broker = redis.Redis.from_url(broker_url)
     run: Run | None = None
+    engine = None
+    databases = contextlib.ExitStack()
     try:
+        database_url = databases.enter_context(private_database(options.database, workdir))
+        if not database_url.startswith("sqlite"):
+            say(f"database {mask_url(database_url)} (private, dropped after)")
         upgrade(database_url)
         engine = make_engine(database_url)
         create_registry_standin(engine)  # Kei-MOTAS is external; the simulation stands in
@@ -211,8 +219,13 @@ def run_simulation(
         broker.close()
         if private is not None:
             private.stop()
-        if tmp is not None:
-            tmp.cleanup()
+        if engine is not None:
+            engine.dispose()
+        try:
+            databases.close()  # after the processes: they hold connections to it
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
 
 
 def _drive(

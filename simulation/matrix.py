@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from simulation.databases import backend_of
 from simulation.faults import FAULTS
 from simulation.harness import Options, RunStats, run_simulation
 from simulation.scenario import Scenario
@@ -49,17 +50,24 @@ def run_matrix(
     faults: Sequence[str] = FAULTS,
     time_scale: float = 600.0,
     progress: Callable[[str], None] | None = None,
+    database: str = "sqlite",
 ) -> tuple[list[Row], RunStats]:
-    """A clean run, then every fault alone and all together, for each seed."""
+    """A clean run, then every fault alone and all together, for each seed.
+
+    Every run has a private database of its own (``database``: see Options).
+    """
     say = progress or (lambda _m: None)
-    baseline, base_stats = run_simulation(scenario, Options(time_scale=time_scale))
+    clean = Options(time_scale=time_scale, database=database)
+    baseline, base_stats = run_simulation(scenario, clean)
     say(f"clean run: {len(baseline['applications'])} applications in {base_stats.wall_s:.0f} s")
     rows = []
     for fault_set in [(f,) for f in faults] + [tuple(faults)]:
         name = fault_set[0] if len(fault_set) == 1 else "all at once"
         acc = dict(injected=0, live=0, lost=0, doubled=0, late=0, identical=0, restarts=0)
         for seed in seeds:
-            options = Options(time_scale=time_scale, faults=fault_set, fault_seed=seed)
+            options = Options(
+                time_scale=time_scale, faults=fault_set, fault_seed=seed, database=database
+            )
             report, stats = run_simulation(scenario, options)
             lost, identical = compare(baseline, report)
             acc["injected"] += sum(stats.faults.injected.values())
@@ -89,16 +97,27 @@ def run_matrix(
     return rows, base_stats
 
 
-def render(rows: Sequence[Row], scenario: Scenario, seeds: Sequence[int], command: str) -> str:
+def render(
+    rows: Sequence[Row],
+    scenario: Scenario,
+    seeds: Sequence[int],
+    command: str,
+    database: str = "sqlite",
+) -> str:
     """docs/reliability.md."""
+    where = (
+        "a PostgreSQL database created for each run and dropped after"
+        if backend_of(database) == "postgresql"
+        else "a SQLite file for each run"
+    )
     lines = [
         "# Reliability: the fault matrix",
         "",
         f"Made by `{command}` (seeds {', '.join(map(str, seeds))}): "
         f"{len({r['application'] for r in scenario.reports})} applications of a generated "
         "post-holiday morning, each run through the real worker, beat and Redis on the scaled "
-        "clock, first without faults, then with each fault injected for real at moments chosen "
-        "from the seed (a killed process is restarted as a supervisor would).",
+        f"clock with {where}, first without faults, then with each fault injected for real at "
+        "moments chosen from the seed (a killed process is restarted as a supervisor would).",
         "",
         "| fault | runs | injected | chains live at injection | chains lost | "
         "outcomes doubled | max lateness (slots) | report identical | process restarts |",
