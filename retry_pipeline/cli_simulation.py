@@ -93,8 +93,8 @@ def simulate(
     from pathlib import Path
 
     require_simulation()
-    from simulation.databases import admin_url_of
-    from simulation.faults import parse_faults
+    from simulation.databases import backend_of
+    from simulation.faults import parse_faults, refuse_unsupported
     from simulation.harness import Options, SimulationError, run_simulation
     from simulation.scenario import ScenarioError, load_scenario
 
@@ -102,7 +102,7 @@ def simulate(
         scenario = load_scenario(scenario_file)
         check_scenario_dates(scenario)
         fault_names = parse_faults(faults)
-        admin_url_of(database)
+        refuse_unsupported(fault_names, backend_of(database))
     except (ScenarioError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     options = Options(
@@ -122,7 +122,12 @@ def simulate(
         sys.exit(1)
     click.echo(
         f"done in {stats.wall_s:.1f} s; faults {stats.faults.injected or 'none'}; restarts "
-        f"{stats.restarts or 'none'}; max lateness {stats.max_lateness_slots} slot(s)",
+        f"{stats.restarts or 'none'}; max lateness {stats.max_lateness_slots} slot(s)"
+        + (
+            f" (held chains {stats.held_lateness_slots}, others {stats.others_lateness_slots})"
+            if stats.faults.held
+            else ""
+        ),
         err=True,
     )
     click.echo(json.dumps(report, ensure_ascii=False, indent=2))
@@ -137,7 +142,7 @@ def simulate(
     "--output",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Write the Markdown table here (default: stdout).",
+    help="Write the Markdown table here, keeping the file's hand-written part.",
 )
 @_DATABASE
 def fault_matrix(
@@ -152,24 +157,28 @@ def fault_matrix(
     from pathlib import Path
 
     require_simulation()
-    from simulation.databases import admin_url_of
-    from simulation.faults import FAULTS, parse_faults
-    from simulation.matrix import render, run_matrix
+    from simulation.databases import backend_of
+    from simulation.faults import faults_for, parse_faults, refuse_unsupported
+    from simulation.matrix import keep_hand_written, render, run_matrix
     from simulation.scenario import ScenarioError, load_scenario
 
     try:
         scenario = load_scenario(scenario_file)
         check_scenario_dates(scenario)
-        admin_url_of(database)
-        names = parse_faults(faults) or FAULTS
+        backend = backend_of(database)
+        names = parse_faults(faults) or faults_for(backend)
+        refuse_unsupported(names, backend)
         seed_list = [int(x) for x in seeds.split(",") if x.strip()]
     except (ScenarioError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
-    rows, _ = run_matrix(scenario, seed_list, names, time_scale, _say, database)
-    command = "make faults" if output else f"retry-pipeline fault-matrix {scenario_file}"
-    text = render(rows, scenario, seed_list, command, database)
+    rows, clean = run_matrix(scenario, seed_list, names, time_scale, _say, database)
+    command = f"retry-pipeline fault-matrix {scenario_file}"
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        command = "make faults" + (" FAULTS_DB=sqlite" if backend == "sqlite" else "")
+    text = render(rows, scenario, seed_list, command, database, clean.max_lateness_slots)
+    if output:
+        previous = Path(output).read_text("utf-8") if Path(output).exists() else None
+        Path(output).write_text(keep_hand_written(text, previous), encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text)

@@ -1,4 +1,4 @@
-"""The database choice of a simulation run: a SQLite file, or a private PostgreSQL one."""
+"""The database choice of a simulation run (pure), and the matrix's generated file."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from simulation.databases import DEFAULT_ADMIN_URL, admin_url_of, backend_of, private_database
+from simulation.matrix import HAND_WRITTEN, keep_hand_written
 
 
 def test_sqlite_is_a_file_and_postgresql_a_database_on_the_admin_server(
@@ -37,3 +38,12 @@ def test_a_sqlite_run_starts_from_a_fresh_file(tmp_path: Path) -> None:
     with private_database("sqlite", tmp_path) as url:
         assert url == f"sqlite:///{tmp_path / 'simulation.sqlite3'}"
         assert not list(tmp_path.iterdir())
+
+
+def test_regenerating_keeps_the_hand_written_part() -> None:
+    previous = f"# old table\n| a |\n\n{HAND_WRITTEN}\n\n## By hand\n\nkept\n"
+    assert keep_hand_written("# new table\n", previous) == (
+        f"# new table\n\n{HAND_WRITTEN}\n\n## By hand\n\nkept\n"
+    )
+    assert keep_hand_written("# new table\n", "# no marker\n") == "# new table\n"
+    assert keep_hand_written("# new table\n", None) == "# new table\n"
