@@ -20,15 +20,14 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import redis
 from celery import Celery
-from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import make_url
 
 from retry_pipeline import names
@@ -40,37 +39,18 @@ from retry_pipeline.client import report_missing
 from retry_pipeline.clock import FileClock
 from retry_pipeline.config import PREFIX, Settings
 from retry_pipeline.model import Phase
+from simulation.databases import private_database
 from simulation.redis_server import start_private_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "bench"
 SLOT = parse_instant("2026-11-27T10:00:00+09:00")  # a Friday slot
 RELEASE = parse_instant("2026-11-30T08:30:00+09:00")  # the next business day's opening
-DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DECISIONS = ("attempt", "resumed", "auto_corrected")
 
 
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-@contextmanager
-def private_database(sqlite: bool, workdir: Path) -> Iterator[str]:
-    """A fresh database for this run: a SQLite file, or a PostgreSQL database dropped after."""
-    if sqlite:
-        yield f"sqlite:///{workdir / 'bench.sqlite3'}"
-        return
-    admin_url = os.environ.get("TEST_POSTGRES_URL", DEFAULT_PG)
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"rp_bench_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 class Bench:
@@ -291,7 +271,9 @@ def main() -> None:
     started = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="retry-pipeline-bench-") as tmp,
-        private_database(sqlite, Path(tmp)) as url,
+        private_database(
+            "sqlite" if sqlite else "postgresql", Path(tmp), "rp_bench_", "bench.sqlite3"
+        ) as url,
     ):
         bench = Bench(Path(tmp), url)
         try:

@@ -38,6 +38,15 @@ _TIME_SCALE = click.option(
 _BROKER_URL = click.option(
     "--broker-url", default=None, help="Redis URL (default: local, else a private one)."
 )
+_DATABASE = click.option(
+    "--database",
+    default="sqlite",
+    show_default=True,
+    metavar="sqlite|postgresql|URL",
+    help="sqlite: a file in the workdir; postgresql: a database created for each run on "
+    "TEST_POSTGRES_URL's server (default: postgres@127.0.0.1:5432) and dropped after; "
+    "a postgresql URL: on that server instead.",
+)
 
 
 @click.command()
@@ -68,6 +77,7 @@ _BROKER_URL = click.option(
     type=int,
     help="Seed that chooses the moments of the faults.",
 )
+@_DATABASE
 def simulate(
     scenario_file: str,
     time_scale: float,
@@ -77,12 +87,14 @@ def simulate(
     timeout_s: float,
     faults: str,
     fault_seed: int,
+    database: str,
 ) -> None:
     """Run a scenario through the real worker, beat and Redis; print one JSON report."""
     from pathlib import Path
 
     require_simulation()
-    from simulation.faults import parse_faults
+    from simulation.databases import backend_of
+    from simulation.faults import parse_faults, refuse_unsupported
     from simulation.harness import Options, SimulationError, run_simulation
     from simulation.scenario import ScenarioError, load_scenario
 
@@ -90,6 +102,7 @@ def simulate(
         scenario = load_scenario(scenario_file)
         check_scenario_dates(scenario)
         fault_names = parse_faults(faults)
+        refuse_unsupported(fault_names, backend_of(database))
     except (ScenarioError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     options = Options(
@@ -100,6 +113,7 @@ def simulate(
         workdir=Path(workdir) if workdir else None,
         faults=fault_names,
         fault_seed=fault_seed,
+        database=database,
     )
     try:
         report, stats = run_simulation(scenario, options, lambda m: click.echo(m, err=True))
@@ -108,7 +122,12 @@ def simulate(
         sys.exit(1)
     click.echo(
         f"done in {stats.wall_s:.1f} s; faults {stats.faults.injected or 'none'}; restarts "
-        f"{stats.restarts or 'none'}; max lateness {stats.max_lateness_slots} slot(s)",
+        f"{stats.restarts or 'none'}; max lateness {stats.max_lateness_slots} slot(s)"
+        + (
+            f" (held chains {stats.held_lateness_slots}, others {stats.others_lateness_slots})"
+            if stats.faults.held
+            else ""
+        ),
         err=True,
     )
     click.echo(json.dumps(report, ensure_ascii=False, indent=2))
@@ -123,36 +142,52 @@ def simulate(
     "--output",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Write the Markdown table here (default: stdout).",
+    help="Write the Markdown table here, keeping the file's hand-written part.",
 )
+@_DATABASE
 def fault_matrix(
-    scenario_file: str, seeds: str, faults: str, time_scale: float, output: str | None
+    scenario_file: str,
+    seeds: str,
+    faults: str,
+    time_scale: float,
+    output: str | None,
+    database: str,
 ) -> None:
     """Inject every fault for real and compare with a clean run (docs/reliability.md)."""
     from pathlib import Path
 
     require_simulation()
-    from simulation.faults import FAULTS, parse_faults
-    from simulation.matrix import render, run_matrix
+    from simulation.databases import backend_of
+    from simulation.faults import faults_for, parse_faults, refuse_unsupported
+    from simulation.matrix import keep_hand_written, render, run_matrix
     from simulation.scenario import ScenarioError, load_scenario
 
     try:
         scenario = load_scenario(scenario_file)
         check_scenario_dates(scenario)
-        names = parse_faults(faults) or FAULTS
+        backend = backend_of(database)
+        names = parse_faults(faults) or faults_for(backend)
+        refuse_unsupported(names, backend)
         seed_list = [int(x) for x in seeds.split(",") if x.strip()]
     except (ScenarioError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
-    rows, _ = run_matrix(scenario, seed_list, names, time_scale, lambda m: click.echo(m, err=True))
-    command = "make faults" if output else f"retry-pipeline fault-matrix {scenario_file}"
-    text = render(rows, scenario, seed_list, command)
+    rows, clean = run_matrix(scenario, seed_list, names, time_scale, _say, database)
+    command = f"retry-pipeline fault-matrix {scenario_file}"
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        command = "make faults" + (" FAULTS_DB=sqlite" if backend == "sqlite" else "")
+    text = render(rows, scenario, seed_list, command, database, clean.max_lateness_slots)
+    if output:
+        previous = Path(output).read_text("utf-8") if Path(output).exists() else None
+        Path(output).write_text(keep_hand_written(text, previous), encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text)
     if any(r.chains_lost or r.outcomes_doubled for r in rows):
         sys.exit(1)
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
 
 
 # -- the post-holiday scenario and the demo (the main job) ------------------------

@@ -24,6 +24,7 @@ from retry_pipeline.config import Settings
 from retry_pipeline.policy import plan_attempts
 from simulation.processes import Progress, Run, client_app, queue_empty, queue_length
 from simulation.queries import count_live
+from simulation.row_lock import hold_row_lock_action
 from simulation.scenario import Scenario
 
 FAULTS = (
@@ -38,7 +39,11 @@ FAULTS = (
     # Redis is flushed (first time) or restarted without persistence (second), then the
     # worker starts: the durable sender re-sends what has no receipt (DESIGN 11)
     "flush-queued-reports",
+    # an outside session locks one live chain's row (SELECT ... FOR UPDATE) a minute after
+    # a report and stays idle in its transaction for two slots (simulation/row_lock.py)
+    "hold-row-lock",
 )
+POSTGRESQL_ONLY = ("hold-row-lock",)  # SQLite has no row locks
 PER_FAULT = 2
 
 
@@ -57,6 +62,21 @@ def parse_faults(text: str) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}")
     return names
+
+
+def faults_for(backend: str) -> tuple[str, ...]:
+    """The faults a simulation on ``backend`` (``sqlite``, ``postgresql``) can inject."""
+    return tuple(f for f in FAULTS if backend == "postgresql" or f not in POSTGRESQL_ONLY)
+
+
+def refuse_unsupported(faults: Sequence[str], backend: str) -> None:
+    """Refuse faults the ``backend`` cannot have (ValueError, one line)."""
+    unsupported = [f for f in faults if f not in faults_for(backend)]
+    if unsupported:
+        raise ValueError(
+            f"{', '.join(unsupported)} needs PostgreSQL (--database postgresql): "
+            "SQLite has no row locks, a writer locks the whole file"
+        )
 
 
 def plan_injections(
@@ -98,6 +118,7 @@ def plan_injections(
 
 
 QUEUED_LEAD = timedelta(minutes=1)  # the worker stops this long before a report is sent
+HOLD_AFTER = timedelta(minutes=1)  # a row lock is taken this long after a report is sent
 
 
 def before_reports(
@@ -116,6 +137,22 @@ def before_reports(
     return sorted(moved, key=lambda i: (i.at, i.fault))
 
 
+def after_reports(
+    plan: list[Injection], reports: Sequence[Any], rng: random.Random
+) -> list[Injection]:
+    """Move each ``hold-row-lock`` to just after a report is sent (pure).
+
+    That report's chain is live and due within a slot, so the lock lies across its slot.
+    """
+    moved = [
+        Injection(rng.choice(reports).detected_at + HOLD_AFTER, i.fault)
+        if i.fault == "hold-row-lock"
+        else i
+        for i in plan
+    ]
+    return sorted(moved, key=lambda i: (i.at, i.fault))
+
+
 @dataclass
 class FaultStats:
     """What was injected, and into how many live chains."""
@@ -123,6 +160,8 @@ class FaultStats:
     injected: dict[str, int] = field(default_factory=dict)
     live_at_injection: dict[str, int] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
+    held: list[str] = field(default_factory=list)  # chains whose row lock was held
+    hold_windows: list[tuple[datetime, datetime]] = field(default_factory=list)
 
     def count(self, fault: str, live: int) -> None:
         self.injected[fault] = self.injected.get(fault, 0) + 1
@@ -153,6 +192,13 @@ class Injector:
         self.say = say
         self.deferred: list[Deferred] = []
         self.stats = FaultStats()
+        self.cleanups: list[Callable[[], None]] = []
+
+    def close(self) -> None:
+        """Let go of what the actions hold (the row lock holder's engine)."""
+        for cleanup in self.cleanups:
+            cleanup()
+        self.cleanups.clear()
 
     def defer(self, at: datetime, action: Callable[[], None]) -> None:
         """Do ``action`` once simulated time reaches ``at`` (a restart after downtime)."""
@@ -201,6 +247,7 @@ def build_injector(
     end = max(plan_attempts(r.detected_at, calendar, signals).auto_correct_at for r in reports)
     plan = plan_injections(faults, fault_seed, calendar, start, end)
     plan = before_reports(plan, reports, random.Random(f"{fault_seed}-queued"))
+    plan = after_reports(plan, reports, random.Random(f"{fault_seed}-held"))
     rng = random.Random(fault_seed)
     step = timedelta(minutes=calendar.settings.step_min)
     injector: Injector
@@ -299,4 +346,10 @@ def build_injector(
         "flush-queued-reports": flush_queued_reports,
     }  # fmt: skip
     injector = Injector(plan, actions, live_count, say)
+    if "hold-row-lock" in faults:
+        hold, dispose = hold_row_lock_action(
+            run.database_url, step, injector.defer, injector.stats, say
+        )
+        actions["hold-row-lock"] = hold
+        injector.cleanups.append(dispose)
     return injector

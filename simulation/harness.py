@@ -34,7 +34,8 @@ from retry_pipeline.config import PREFIX, Settings
 from retry_pipeline.model import Certificate
 from retry_pipeline.redact import mask_url
 from simulation import examination
-from simulation.faults import Injector, build_injector
+from simulation.databases import backend_of, private_database
+from simulation.faults import Injector, build_injector, refuse_unsupported
 from simulation.processes import (
     EXAMINATION,
     Progress,
@@ -48,9 +49,10 @@ from simulation.queries import snapshot
 from simulation.report import (
     RunStats,
     application_of,
+    attempt_lateness,
     build_report,
     endings_per_chain,
-    max_lateness,
+    held_and_others,
     outcomes_per_application,
 )
 from simulation.scenario import Scenario
@@ -78,6 +80,9 @@ class Options:
     loglevel: str = "WARNING"  # of the worker and beat logs in the workdir
     faults: tuple[str, ...] = ()  # see simulation/faults.py; forces a private Redis
     fault_seed: int = 0
+    # sqlite (a file in the workdir), postgresql (a private database, dropped after) or
+    # a PostgreSQL URL to create that private database on (see simulation/databases.py)
+    database: str = "sqlite"
 
 
 def simulate(
@@ -93,6 +98,10 @@ def run_simulation(
     """Run ``scenario``; the report, and what happened on the way."""
     wall_started = time.monotonic()
     say = progress or (lambda _msg: None)
+    try:
+        refuse_unsupported(options.faults, backend_of(options.database))
+    except ValueError as exc:
+        raise SimulationError(str(exc)) from None
     reports = scenario.report_messages()
     certificates = sorted(scenario.certificate_models(), key=lambda c: c.available_at)
     # A certificate row carries the instant it reached Kei-MOTAS and attempts read "as
@@ -108,8 +117,7 @@ def run_simulation(
     tmp = None if options.workdir else tempfile.TemporaryDirectory(prefix="retry-pipeline-sim-")
     workdir = options.workdir or Path(tmp.name)  # type: ignore[union-attr]
     workdir.mkdir(parents=True, exist_ok=True)
-    database_url = f"sqlite:///{workdir / 'simulation.sqlite3'}"
-    for stale in [*workdir.glob("simulation.sqlite3*"), *workdir.glob("sender.sqlite3*")]:
+    for stale in workdir.glob("sender.sqlite3*"):
         stale.unlink()
     for stale in workdir.glob("beat*-schedule*"):
         stale.unlink()
@@ -118,7 +126,13 @@ def run_simulation(
     say(f"broker {shown}{' (private redis-server)' if private else ''}; workdir {workdir}")
     broker = redis.Redis.from_url(broker_url)
     run: Run | None = None
+    engine = None
+    injector: Injector | None = None
+    databases = contextlib.ExitStack()
     try:
+        database_url = databases.enter_context(private_database(options.database, workdir))
+        if not database_url.startswith("sqlite"):
+            say(f"database {mask_url(database_url)} (private, dropped after)")
         upgrade(database_url)
         engine = make_engine(database_url)
         create_registry_standin(engine)  # Kei-MOTAS is external; the simulation stands in
@@ -191,14 +205,20 @@ def run_simulation(
             injector,
         )
         report = build_report(store, engine, applications)
+        late = attempt_lateness(store, BusinessCalendar(Settings()))
+        held_late, others_late = held_and_others(
+            late, injector.stats.held, injector.stats.hold_windows
+        )
         stats = RunStats(
             faults=injector.stats,
             restarts=dict(run.restarts),
-            max_lateness_slots=max_lateness(store, BusinessCalendar(Settings())),
+            max_lateness_slots=max((n for _c, _s, n in late), default=0),
             redeliveries=sum(o.deliveries - 1 for o in examination.received(engine)),
             wall_s=time.monotonic() - wall_started,
             outcomes_per_application=outcomes_per_application(engine),
             endings_per_chain=endings_per_chain(store),
+            held_lateness_slots=held_late,
+            others_lateness_slots=others_late,
         )
         return report, stats
     finally:
@@ -211,8 +231,15 @@ def run_simulation(
         broker.close()
         if private is not None:
             private.stop()
-        if tmp is not None:
-            tmp.cleanup()
+        if injector is not None:
+            injector.close()
+        if engine is not None:
+            engine.dispose()
+        try:
+            databases.close()  # after the processes: they hold connections to it
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
 
 
 def _drive(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,6 +13,8 @@ from retry_pipeline.calendar import BusinessCalendar, format_instant
 from retry_pipeline.model import Event, HistoryEntry
 from simulation import examination
 from simulation.faults import FaultStats
+
+Lateness = tuple[str, datetime, int]  # chain id, slot, whole slots late
 
 
 @dataclass
@@ -25,6 +28,10 @@ class RunStats:
     wall_s: float
     outcomes_per_application: dict[str, int]  # distinct outcomes (keys) received
     endings_per_chain: int  # the most outbox rows any chain has (1 = never doubled)
+    # hold-row-lock: the held chains' largest lateness, and the other chains' largest at
+    # the slots that fell while a lock was held (see held_and_others)
+    held_lateness_slots: int = 0
+    others_lateness_slots: int = 0
 
 
 def outcomes_per_application(engine: Any) -> dict[str, int]:
@@ -44,17 +51,32 @@ def endings_per_chain(store: RetryStore) -> int:
     return max(endings.values(), default=0)
 
 
-def max_lateness(store: RetryStore, calendar: BusinessCalendar) -> int:
-    """Largest delay of an attempt behind its slot, in whole slots."""
+def attempt_lateness(store: RetryStore, calendar: BusinessCalendar) -> list[Lateness]:
+    """Every attempt's chain, slot, and delay behind the slot in whole slots."""
     step_s = calendar.settings.step_min * 60
     with store.unit() as u:
         history = u.history.lines()
-    late = [
-        int((h.recorded_at - h.slot).total_seconds() // step_s)
+    return [
+        (h.chain_id, h.slot, int((h.recorded_at - h.slot).total_seconds() // step_s))
         for h in history
         if h.slot is not None and h.attempt_no is not None
     ]
-    return max(late, default=0)
+
+
+def held_and_others(
+    lateness: list[Lateness], held: Collection[str], windows: Sequence[tuple[datetime, datetime]]
+) -> tuple[int, int]:
+    """The held chains' largest lateness; the others' at slots inside a hold window (pure).
+
+    Only the slots while a lock was held: what the lock could have delayed, not the
+    start of the run or another fault of the same run.
+    """
+    held_late = max((n for c, _s, n in lateness if c in held), default=0)
+    others = max(
+        (n for c, slot, n in lateness if c not in held and any(a <= slot <= b for a, b in windows)),
+        default=0,
+    )
+    return held_late, others
 
 
 def application_of(payload: str) -> str | None:
