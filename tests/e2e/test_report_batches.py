@@ -44,8 +44,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = parse_instant("2026-11-27T09:05:00+09:00")  # a Friday, a business day
-# After 15:00 a new chain parks until Monday 08:30 (R9, R12): no slot message with an ETA
-# is held by the worker, which a 10 s visibility timeout would copy again every 10 s.
+# Reports detected at 15:28 are due at 15:30, the clock's slot: intake sends no slot
+# message with an ETA, which a 10 s visibility timeout would copy again every 10 s.
 PARKING = parse_instant("2026-11-27T15:30:00+09:00")
 REPORT = "retry_pipeline.report_missing"
 DEADLINE_S = 120
