@@ -43,6 +43,7 @@ from simulation.processes import (
     SimulationError,
     choose_broker,
     queue_empty,
+    reports_in_broker,
     wait_ready,
 )
 from simulation.queries import snapshot
@@ -63,6 +64,7 @@ LEAD = timedelta(minutes=1)  # a jump lands this long before the next thing to h
 IDLE_GAP = timedelta(minutes=20)  # only gaps longer than this are jumped over
 SETTLE_S = 0.5  # real seconds with nothing left to do before the run is over
 RESEND_EVERY_S = 0.25  # real seconds between the examination side's re-send sweeps
+GONE_AFTER_S = 2.0  # real seconds a send may be neither handled nor in the broker
 MAX_RESTARTS = 30
 
 
@@ -242,6 +244,36 @@ def run_simulation(
                 tmp.cleanup()
 
 
+class LostSends:
+    """Sends the broker lost for good: a duplicate of a report that already has its
+    receipt, sent when the broker was down, flushed while queued, or taken off the queue
+    by a worker that was killed before it could hand it on (DESIGN 11: the sender re-sends
+    only what has no receipt). Without this the run would wait for it forever, and never
+    jump an idle gap again. A send counts as lost once every report has its receipt and
+    no report message is queued or delivered unacked for ``GONE_AFTER_S`` real seconds.
+    """
+
+    def __init__(self, run: Run, say: Progress) -> None:
+        self.run, self.say = run, say
+        self.since: float | None = None
+
+    def all_handled(self, processed: int) -> bool:
+        """True when every send was handled, or once the rest are known lost (and forgotten)."""
+        if processed >= self.run.reports_sent:
+            self.since = None
+            return True
+        if self.run.unreceipted() or reports_in_broker(self.run):
+            self.since = None
+            return False
+        self.since = self.since or time.monotonic()
+        if time.monotonic() - self.since < GONE_AFTER_S:
+            return False
+        lost = self.run.reports_sent - processed
+        self.say(f"{lost} send(s) of reports that had their receipt were lost by the broker")
+        self.run.reports_sent, self.since = processed, None
+        return True
+
+
 def _drive(
     run: Run,
     store: RetryStore,
@@ -265,11 +297,15 @@ def _drive(
         session.add_all([to_row(certificates[i]) for _at, kind, i in events if kind == 0])
     pending = [event for event in events if event[1] != 0]
     settled_since: float | None = None
+    gone = LostSends(run, say)
     last_said = last_resend = 0.0
+    processed, now = 0, clock.now()
     while True:
         if time.monotonic() - started > options.timeout_s:
             raise SimulationError(
-                f"not finished after {options.timeout_s:.0f} s\n--- worker\n"
+                f"not finished after {options.timeout_s:.0f} s (simulated {format_instant(now)},"
+                f" {processed} of {run.reports_sent} report sends handled,"
+                f" {run.unreceipted()} without receipt)\n--- worker\n"
                 + run.log_tail("worker")
                 + "\n--- beat\n"
                 + run.log_tail("beat")
@@ -311,7 +347,8 @@ def _drive(
         )
         if injector.next_at is not None:
             nxt = min(nxt, injector.next_at) if nxt is not None else injector.next_at
-        idle = unsent == 0 and queue_empty(run) and processed >= run.reports_sent
+        queue_idle = unsent == 0 and queue_empty(run)
+        idle = queue_idle and gone.all_handled(processed)
         if nxt is not None and nxt - now > IDLE_GAP and idle and run.unreceipted() == 0:
             # (never jump past a report the broker may have lost: it waits for its re-send)
             target = nxt - LEAD

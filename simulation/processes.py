@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -230,3 +231,21 @@ def queue_length(run: Run) -> int:
 
 def queue_empty(run: Run) -> bool:
     return queue_length(run) == 0
+
+
+REPORT_TASKS = (names.REPORT_MISSING, names.REPORT_MISSING_BATCH)
+
+
+def reports_in_broker(run: Run) -> int:
+    """Report messages the broker still holds for the run: waiting in its queue, or
+    delivered to a worker and not acked yet (kombu's ``unacked`` hash, where a report
+    stays until its batch commits). What is in neither was handled or is lost."""
+    client = redis.Redis.from_url(run.broker_url)
+    try:
+        waiting = [json.loads(raw) for raw in client.lrange(run.queue, 0, -1)]
+        delivered = [json.loads(raw) for raw in client.hvals("unacked")]
+    finally:
+        client.close()
+    # unacked entries are [message, exchange, routing key]; other runs may share the hash
+    ours = waiting + [entry[0] for entry in delivered if entry[2] == run.queue]
+    return sum(1 for message in ours if message.get("headers", {}).get("task") in REPORT_TASKS)

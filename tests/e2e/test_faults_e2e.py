@@ -65,7 +65,7 @@ def _run(
         time_scale=600.0,
         broker_url=broker_url,
         workdir=workdir,
-        timeout_s=300,
+        timeout_s=240,  # before pytest-timeout's 300 s: the error shows the logs
         faults=faults,
         fault_seed=5,
     )
