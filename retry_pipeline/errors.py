@@ -39,6 +39,19 @@ class RegistryUnavailable(RetryPipelineError):
     """Kei-MOTAS could not be read (unreachable, timed out): decide nothing, try again."""
 
 
+class DeliveryFailed(RetryPipelineError):
+    """Outcomes could not all be handed to the examination side; the relay sends the rest.
+
+    ``handed``: how many, from the first, certainly went before the failure (0 when the
+    broker cannot tell, e.g. a batched publish whose flush failed; a re-send is harmless,
+    every outcome carries its idempotency key).
+    """
+
+    def __init__(self, handed: int) -> None:
+        super().__init__(f"delivery stopped after {handed} outcome(s)")
+        self.handed = handed
+
+
 class MessageRefused(RetryPipelineError):
     """A message was refused and is already kept as a dead letter.
 

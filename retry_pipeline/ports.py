@@ -49,8 +49,10 @@ class Dispatcher(Protocol):
 class ExaminationGateway(Protocol):
     """The examination side (DESIGN 6): outcomes go there, at least once."""
 
-    def deliver(self, outcome: PendingOutcome) -> None:
-        """Hand one outcome to the examination side (resume pre-review or auto-correct)."""
+    def deliver(self, outcomes: Sequence[PendingOutcome]) -> None:
+        """Hand outcomes to the examination side (resume pre-review or auto-correct), in
+        order and in as few broker round trips as it allows; one message each. A failure
+        raises ``DeliveryFailed`` saying how many certainly went."""
         ...
 
     def deliver_receipt(self, receipt: PendingReceipt) -> None:

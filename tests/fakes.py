@@ -33,7 +33,7 @@ from retry_pipeline.adapters.registry import SqlCertificateRegistry, to_row
 from retry_pipeline.calendar import BusinessCalendar, to_local
 from retry_pipeline.clock import FixedClock
 from retry_pipeline.config import Settings
-from retry_pipeline.errors import DuplicateRecord
+from retry_pipeline.errors import DeliveryFailed, DuplicateRecord
 from retry_pipeline.model import (
     Application,
     Certificate,
@@ -612,11 +612,12 @@ class RecordingGateway:
     failures: int = 0
     receipt_failures: int = 0
 
-    def deliver(self, outcome: PendingOutcome) -> None:
+    def deliver(self, outcomes: Sequence[PendingOutcome]) -> None:
+        """Each outcome in turn; ``failures`` makes that many delivery calls fail at once."""
         if self.failures > 0:
             self.failures -= 1
-            raise ConnectionError("examination side unreachable")
-        self.delivered.append(outcome)
+            raise DeliveryFailed(0) from ConnectionError("examination side unreachable")
+        self.delivered.extend(outcomes)
 
     def deliver_receipt(self, receipt: PendingReceipt) -> None:
         if self.receipt_failures > 0:

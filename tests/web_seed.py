@@ -9,6 +9,7 @@ one in retry (KOBE-LIVE). Two refused messages: a valid report refused earlier
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
@@ -39,8 +40,8 @@ class Recorder:
     def send_slot(self, slot: datetime) -> None:
         self.slots.append(slot)
 
-    def deliver(self, outcome: PendingOutcome) -> None:
-        self.outcomes.append(outcome)
+    def deliver(self, outcomes: Sequence[PendingOutcome]) -> None:
+        self.outcomes.extend(outcomes)
 
 
 def message(application: str, office: str, kind: str, at: datetime) -> dict[str, object]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, func, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -44,30 +44,39 @@ class SqlOutbox:
         self.session = session
 
     def add(self, endings: Sequence[Ending], now: datetime) -> list[PendingOutcome]:
+        if not endings:
+            return []
         rows = [
-            OutboxRow(
-                chain_id=e.chain_id,
-                idempotency_key=idempotency_key(e.chain_id, e.outcome),
-                application=e.subject.application,
-                office=e.subject.office,
-                outcome=e.outcome.value,
-                missing=sorted_kinds(e.missing),
-                decided_at=e.decided_at,
-                created_at=now,
-                sent_at=None,
-                send_count=0,
-            )
+            {
+                "chain_id": e.chain_id,
+                "idempotency_key": idempotency_key(e.chain_id, e.outcome),
+                "application": e.subject.application,
+                "office": e.subject.office,
+                "outcome": e.outcome.value,
+                "missing": sorted_kinds(e.missing),
+                "decided_at": e.decided_at,
+                "created_at": now,
+                "sent_at": None,
+                "send_count": 0,
+            }
             for e in endings
         ]
-        if not rows:
-            return []
+        # One bulk INSERT .. RETURNING (SQLAlchemy's insertmanyvalues), ids in row order:
+        # no ORM objects to track, a release of thousands is one statement per batch.
+        stmt = insert(OutboxRow).returning(OutboxRow.id, sort_by_parameter_order=True)
         try:
             with self.session.begin_nested():
-                self.session.add_all(rows)
-                self.session.flush()
+                ids = list(self.session.scalars(stmt, rows))
         except IntegrityError as exc:
             raise DuplicateRecord("one of these chains already has its outcome") from exc
-        return [pending_outcome(r) for r in rows]
+        return [
+            PendingOutcome(
+                id=id_, chain_id=e.chain_id, idempotency_key=idempotency_key(e.chain_id, e.outcome),
+                application=e.subject.application, office=e.subject.office, outcome=e.outcome,
+                missing=tuple(sorted_kinds(e.missing)), decided_at=e.decided_at, send_count=0,
+            )
+            for id_, e in zip(ids, endings, strict=True)
+        ]  # fmt: skip
 
     def existing(self, chain_ids: Sequence[str]) -> set[str]:
         found: set[str] = set()

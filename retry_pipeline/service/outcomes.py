@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from retry_pipeline.errors import DeliveryFailed
 from retry_pipeline.model import Ending, Event, HistoryEntry, PendingOutcome, history_line
 from retry_pipeline.ports import UnitOfWork
 from retry_pipeline.service.context import Deps
@@ -51,14 +52,21 @@ def resend_delay(deps: Deps, sends: int) -> timedelta:
 
 
 def deliver(deps: Deps, outcomes: Sequence[PendingOutcome]) -> None:
-    """Hand outcomes to the examination side; what fails stays for the relay."""
+    """Hand outcomes to the examination side (one batch of messages); what fails stays
+    for the relay."""
+    if not outcomes:
+        return
+    try:
+        deps.gateway.deliver(outcomes)
+        handed = len(outcomes)
+    except Exception as exc:
+        handed = exc.handed if isinstance(exc, DeliveryFailed) else 0
+        log.exception(
+            "could not deliver %d of %d outcome(s), from %s on; the relay will",
+            len(outcomes) - handed, len(outcomes), outcomes[handed].idempotency_key,
+        )  # fmt: skip
     sent: dict[int, list[int]] = {}  # sends after this one -> outbox ids
-    for outcome in outcomes:
-        try:
-            deps.gateway.deliver(outcome)
-        except Exception:
-            log.exception("could not deliver %s; the relay will", outcome.idempotency_key)
-            break
+    for outcome in outcomes[:handed]:
         sent.setdefault(outcome.send_count + 1, []).append(outcome.id)
     if sent:
         now = deps.clock.now()

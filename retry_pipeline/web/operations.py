@@ -95,7 +95,7 @@ def resend_outcome(service: Pipeline, outbox_id: int) -> ActionResult:
         outcome = pending_outcome(row)
     extra = {"application": outcome.application, "chain_id": outcome.chain_id}
     try:
-        service.deps.gateway.deliver(outcome)
+        service.deps.gateway.deliver([outcome])
     except Exception:
         log.exception("could not resend %s", outcome.idempotency_key, extra=extra)
         return ActionResult(False, "送信できませんでした（後ほど自動で再送されます）")

@@ -145,7 +145,7 @@ class _NoBroker:
     def send_slot(self, slot: datetime) -> None:
         pass
 
-    def deliver(self, outcome: Any) -> None:
+    def deliver(self, outcomes: Any) -> None:
         pass
 
 

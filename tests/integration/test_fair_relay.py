@@ -7,6 +7,7 @@ back off and stop at RELAY_MAX_SENDS, after which the outcome is counted as give
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -35,8 +36,8 @@ class Recorder:
 
     delivered: list[PendingOutcome] = field(default_factory=list)
 
-    def deliver(self, outcome: PendingOutcome) -> None:
-        self.delivered.append(outcome)
+    def deliver(self, outcomes: Sequence[PendingOutcome]) -> None:
+        self.delivered.extend(outcomes)
 
     def send_slot(self, slot: datetime) -> None:
         return None

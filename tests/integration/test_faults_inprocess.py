@@ -162,9 +162,9 @@ class RecordingGateway:
         self.delivered: list[PendingOutcome] = []
         self.then: Callable[[], None] | None = None
 
-    def deliver(self, outcome: PendingOutcome) -> None:
+    def deliver(self, outcomes: Sequence[PendingOutcome]) -> None:
         with self._lock:
-            self.delivered.append(outcome)
+            self.delivered.extend(outcomes)
             then, self.then = self.then, None
         if then is not None:
             then()
@@ -1011,8 +1011,8 @@ def test_same_immediate_report_twice_gives_one_outcome(
 class SuicidalGateway:
     """Dies with SIGKILL inside the send: the outcome is committed, never handed over."""
 
-    def deliver(self, outcome: PendingOutcome) -> None:
-        print("DELIVER", outcome.idempotency_key, flush=True)
+    def deliver(self, outcomes: Sequence[PendingOutcome]) -> None:
+        print("DELIVER", outcomes[0].idempotency_key, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
 
     def deliver_receipt(self, receipt: PendingReceipt) -> None:

@@ -10,7 +10,7 @@ Fri 2026-11-27 is a business day (review 08:30-16:00).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -72,8 +72,8 @@ class Outcomes:
 
     delivered: list[PendingOutcome] = field(default_factory=list)
 
-    def deliver(self, outcome: PendingOutcome) -> None:
-        self.delivered.append(outcome)
+    def deliver(self, outcomes: Sequence[PendingOutcome]) -> None:
+        self.delivered.extend(outcomes)
 
     def of(self, application: str) -> list[tuple[str, list[str], str]]:
         return [

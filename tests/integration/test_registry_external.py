@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -56,8 +56,8 @@ class Sent:
     def send_slot(self, slot: datetime) -> None:
         self.slots.append(slot)
 
-    def deliver(self, outcome: PendingOutcome) -> None:
-        self.outcomes.append(outcome)
+    def deliver(self, outcomes: Sequence[PendingOutcome]) -> None:
+        self.outcomes.extend(outcomes)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -45,8 +45,8 @@ class Recorder:
     def send_slot(self, slot: datetime) -> None:
         self.slots.append(slot)
 
-    def deliver(self, outcome: PendingOutcome) -> None:
-        self.outcomes.append(outcome)
+    def deliver(self, outcomes: Sequence[PendingOutcome]) -> None:
+        self.outcomes.extend(outcomes)
 
 
 @pytest.fixture
