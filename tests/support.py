@@ -4,8 +4,7 @@ The shared Redis on 127.0.0.1:6379 is never touched: ``private_redis`` (a sessio
 fixture in ``tests/conftest.py``) starts a redis-server of the session's own. A
 missing redis-server skips locally and fails under CI (``CI`` set).
 
-A test's subprocesses (a Celery worker, beat, Flower, the console) go through three
-functions:
+A test's subprocesses (a Celery worker, beat, Flower, the console) go through these:
 
 - ``start_process(args, env, log)``: its own session, stdout and stderr to ``log``;
   a ``Started`` (the ``Popen`` and its log) comes back;

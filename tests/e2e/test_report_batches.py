@@ -36,6 +36,7 @@ from retry_pipeline.adapters.orm import ChainRow, DeadLetterRow, HistoryRow, Rec
 from retry_pipeline.calendar import parse_instant
 from retry_pipeline.client import SENT_AT_HEADER
 from retry_pipeline.clock import FileClock
+from retry_pipeline.config import PREFIX
 from tests.conftest import _reset_postgres, create_registry_standin_at
 from tests.support import Started, pipeline_env, start_celery_worker, stop_processes, wait_for
 
@@ -71,8 +72,8 @@ class Workers:
             clock_file=str(self.clock),
             queue=self.queue,
             examination_queue=f"{self.queue}-examination",
-            **extra,
         )
+        self.env.update({PREFIX + k: v for k, v in extra.items()})
         self.workdir = workdir
         self.procs: list[Started] = []
 

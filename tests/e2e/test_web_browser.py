@@ -108,7 +108,7 @@ def server(tmp_path: Path, broker_url: str) -> Iterator[tuple[str, Path]]:
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
+            return bool(r.status == 200)
     except OSError:
         return False
 
