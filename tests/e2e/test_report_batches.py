@@ -31,13 +31,11 @@ from celery import Celery
 from sqlalchemy import Engine, func, select
 
 from retry_pipeline.adapters.db import make_engine
-from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.adapters.orm import ChainRow, DeadLetterRow, HistoryRow, ReceiptRow
 from retry_pipeline.calendar import parse_instant
 from retry_pipeline.client import SENT_AT_HEADER
 from retry_pipeline.clock import FileClock
 from retry_pipeline.config import PREFIX
-from tests.conftest import _reset_postgres, create_registry_standin_at
 from tests.support import Started, pipeline_env, start_celery_worker, stop_processes, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -49,14 +47,6 @@ PARKING = parse_instant("2026-11-27T15:30:00+09:00")
 REPORT = "retry_pipeline.report_missing"
 DEADLINE_S = 120
 STOP_S = 30.0
-
-
-@pytest.fixture
-def pg_url(postgres_server_url: str) -> str:
-    _reset_postgres(postgres_server_url)
-    upgrade(postgres_server_url)
-    create_registry_standin_at(postgres_server_url)  # Kei-MOTAS is external: stand in
-    return postgres_server_url
 
 
 class Workers:

@@ -21,12 +21,10 @@ from celery import Celery
 from sqlalchemy import Engine, func, insert, select
 
 from retry_pipeline.adapters.db import make_engine
-from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.adapters.orm import ChainRow, HistoryRow
 from retry_pipeline.calendar import parse_instant
 from retry_pipeline.clock import FileClock
 from retry_pipeline.service.slots import BATCH
-from tests.conftest import _reset_postgres, create_registry_standin_at
 from tests.support import pipeline_env, start_celery_worker, stop_processes
 
 pytestmark = pytest.mark.postgres
@@ -37,14 +35,6 @@ CHAINS = 12 * BATCH
 WORKERS = 3
 DEADLINE_S = 240
 STOP_S = 30.0
-
-
-@pytest.fixture
-def pg_url(postgres_server_url: str) -> str:
-    _reset_postgres(postgres_server_url)
-    upgrade(postgres_server_url)
-    create_registry_standin_at(postgres_server_url)  # Kei-MOTAS is external: stand in
-    return postgres_server_url
 
 
 def _seed(engine: Engine, n: int) -> None:
