@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 
+from retry_pipeline.adapters.migrate import upgrade
 from simulation.harness import Options, simulate
 from simulation.redis_server import PrivateRedis
 from simulation.scenario import Scenario
+from tests.conftest import _reset_postgres, create_registry_standin_at
 
 IN_CI = bool(os.environ.get("CI"))
 TIME_SCALE = 600.0  # the issue's contract: a business day in about a minute
@@ -100,6 +102,15 @@ def rabbitmq_url() -> Iterator[str]:
     finally:
         if made and ctl is not None:
             subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def pg_url(postgres_server_url: str) -> str:
+    """The session's PostgreSQL database, emptied and migrated, with the Kei-MOTAS stand-in."""
+    _reset_postgres(postgres_server_url)
+    upgrade(postgres_server_url)
+    create_registry_standin_at(postgres_server_url)  # Kei-MOTAS is external: stand in
+    return postgres_server_url
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])

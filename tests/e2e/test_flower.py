@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,30 +21,20 @@ from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.client import report_missing
 from simulation.redis_server import free_port
 from tests.conftest import create_registry_standin_at
+from tests.support import (
+    ROOT,
+    celery_command,
+    pipeline_env,
+    start_celery_worker,
+    start_process,
+    stop_process,
+)
 
 pytest.importorskip("flower")
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 AUTH = "ops:" + uuid.uuid4().hex[:12]
-
-
-def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "retry_pipeline.tasks", *args],
-        env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+FLOWER_STOP_S = 20.0
 
 
 def _get(url: str, auth: str | None, method: str = "GET") -> tuple[int, bytes]:
@@ -71,40 +57,26 @@ def flower(broker_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
     upgrade(database_url)
     create_registry_standin_at(database_url)
     queue = f"flower-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRY_PIPELINE_")}
-    env.update({
-        "RETRY_PIPELINE_DATABASE_URL": database_url, "RETRY_PIPELINE_BROKER_URL": broker_url,
-        "RETRY_PIPELINE_QUEUE": queue, "PYTHONPATH": str(ROOT),
-    })  # fmt: skip
+    env = pipeline_env(database_url=database_url, broker_url=broker_url, queue=queue)
     port = free_port()
-    worker = _start(
-        [
-            "worker",
-            "-Q",
-            queue,
-            "-c",
-            "1",
-            "-P",
-            "solo",
-            "--without-gossip",
-            "--without-mingle",
-            "-n",
-            f"{queue}@%h",
-        ],
-        env,
-        tmp_path / "worker.log",
+    worker = start_celery_worker(
+        queue, f"{queue}@%h", env, tmp_path / "worker.log", cwd=ROOT, concurrency=1, loglevel=None
     )
     # As in compose: flowerconfig.py (read only), credentials from a file, none on argv.
     auth_file = tmp_path / "flower_basic_auth"
     auth_file.write_text(AUTH + "\n")
     env["RETRY_PIPELINE_FLOWER_BASIC_AUTH_FILE"] = str(auth_file)
-    web = _start(["flower", f"--port={port}", "--address=127.0.0.1"],
-                 env, tmp_path / "flower.log")  # fmt: skip
+    web = start_process(
+        celery_command("flower", f"--port={port}", "--address=127.0.0.1"),
+        env,
+        tmp_path / "flower.log",
+        cwd=ROOT,
+    )
     try:
         yield f"http://127.0.0.1:{port}", queue
     finally:
-        _stop(web)
-        _stop(worker)
+        stop_process(web, FLOWER_STOP_S)
+        stop_process(worker, FLOWER_STOP_S)
 
 
 def test_flower_shows_the_pipeline_tasks_behind_basic_auth(

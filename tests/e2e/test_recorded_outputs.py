@@ -18,12 +18,13 @@ two demos run at once on 2 cores printed this table both times.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support import pipeline_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -31,32 +32,26 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CLI = [sys.executable, "-m", "retry_pipeline.cli"]
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("RETRY_PIPELINE_")}
+def _cli(cwd: Path, *args: str) -> bytes:
+    """The stdout of ``retry-pipeline *args`` run in ``cwd``, which must exit 0."""
+    env = pipeline_env(pythonpath=False)
+    done = subprocess.run(
+        [*CLI, *args], cwd=cwd, env=env, capture_output=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    return done.stdout
 
 
 def test_simulate_prints_the_recorded_report_byte_for_byte(broker_url: str, tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*CLI, "simulate", str(FIXTURES / "demo-scenario.json"), "--broker-url", broker_url],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        timeout=600,
-        check=False,
+    stdout = _cli(
+        tmp_path, "simulate", str(FIXTURES / "demo-scenario.json"), "--broker-url", broker_url
     )
-    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
-    assert done.stdout == (FIXTURES / "demo-report.json").read_bytes()
+    assert stdout == (FIXTURES / "demo-report.json").read_bytes()
 
 
 def test_make_run_prints_the_recorded_table(broker_url: str, tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*CLI, "demo", "--applications", "300", "--seed", "7", "--broker-url", broker_url],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        timeout=600,
-        check=False,
+    stdout = _cli(
+        tmp_path, "demo", "--applications", "300", "--seed", "7", "--broker-url", broker_url
     )
-    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
-    table = done.stdout.decode().splitlines(keepends=True)[:-2]  # file paths, wall time
+    table = stdout.decode().splitlines(keepends=True)[:-2]  # file paths, wall time
     assert "".join(table) == (FIXTURES / "demo-table-seed7.txt").read_text(encoding="utf-8")

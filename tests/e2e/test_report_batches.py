@@ -17,7 +17,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -32,31 +31,22 @@ from celery import Celery
 from sqlalchemy import Engine, func, select
 
 from retry_pipeline.adapters.db import make_engine
-from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.adapters.orm import ChainRow, DeadLetterRow, HistoryRow, ReceiptRow
 from retry_pipeline.calendar import parse_instant
 from retry_pipeline.client import SENT_AT_HEADER
 from retry_pipeline.clock import FileClock
 from retry_pipeline.config import PREFIX
-from tests.conftest import _reset_postgres, create_registry_standin_at
+from tests.support import Started, pipeline_env, start_celery_worker, stop_processes, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.timeout(600)]
 
-ROOT = Path(__file__).resolve().parents[2]
 NOW = parse_instant("2026-11-27T09:05:00+09:00")  # a Friday, a business day
 # Reports detected at 15:28 are due at 15:30, the clock's slot: intake sends no slot
 # message with an ETA, which a 10 s visibility timeout would copy again every 10 s.
 PARKING = parse_instant("2026-11-27T15:30:00+09:00")
 REPORT = "retry_pipeline.report_missing"
 DEADLINE_S = 120
-
-
-@pytest.fixture
-def pg_url(postgres_server_url: str) -> str:
-    _reset_postgres(postgres_server_url)
-    upgrade(postgres_server_url)
-    create_registry_standin_at(postgres_server_url)  # Kei-MOTAS is external: stand in
-    return postgres_server_url
+STOP_S = 30.0
 
 
 class Workers:
@@ -66,41 +56,31 @@ class Workers:
         self.clock = workdir / "clock.json"
         FileClock.write(self.clock, NOW, 1.0)
         self.queue = f"batches-{uuid.uuid4().hex[:8]}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
-        self.env.update({
-            f"{PREFIX}DATABASE_URL": pg_url, f"{PREFIX}BROKER_URL": broker_url,
-            f"{PREFIX}CLOCK_FILE": str(self.clock), f"{PREFIX}QUEUE": self.queue,
-            f"{PREFIX}EXAMINATION_QUEUE": f"{self.queue}-examination", "PYTHONPATH": str(ROOT),
-            **{PREFIX + k: v for k, v in extra.items()},
-        })  # fmt: skip
+        self.env = pipeline_env(
+            database_url=pg_url,
+            broker_url=broker_url,
+            clock_file=str(self.clock),
+            queue=self.queue,
+            examination_queue=f"{self.queue}-examination",
+        )
+        self.env.update({PREFIX + k: v for k, v in extra.items()})
         self.workdir = workdir
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[Started] = []
 
     def start(self) -> subprocess.Popen[bytes]:
         n = len(self.procs)
-        log = open(self.workdir / f"worker{n}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "retry_pipeline.tasks", "worker",
-             "-Q", self.queue, "-c", "2", "-P", "prefork", "--without-gossip",
-             "--without-mingle", "--loglevel", "INFO", "-n", f"b{n}-{self.queue}@test"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        started = start_celery_worker(
+            self.queue, f"b{n}-{self.queue}@test", self.env, self.workdir / f"worker{n}.log",
+            pool="prefork", concurrency=2,
         )  # fmt: skip
-        self.procs.append(proc)
-        return proc
+        self.procs.append(started)
+        return started.process
 
     def log(self) -> str:
         return "".join(p.read_text(errors="replace") for p in self.workdir.glob("worker*.log"))
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_processes(self.procs, STOP_S)
 
 
 def client_for(broker_url: str) -> Celery:
@@ -127,10 +107,7 @@ def send(client: Celery, queue: str, *args: Any, **kwargs: Any) -> str:
 
 
 def wait_until(check: Callable[[], bool], what: str, within_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + within_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+    wait_for(check, within_s, what, interval_s=0.2)
 
 
 def count(engine: Engine, row: Any, *where: Any) -> int:

@@ -9,10 +9,6 @@ attempt line at that slot, one step forward) and more than one worker decided ch
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,30 +21,20 @@ from celery import Celery
 from sqlalchemy import Engine, func, insert, select
 
 from retry_pipeline.adapters.db import make_engine
-from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.adapters.orm import ChainRow, HistoryRow
 from retry_pipeline.calendar import parse_instant
 from retry_pipeline.clock import FileClock
-from retry_pipeline.config import PREFIX
 from retry_pipeline.service.slots import BATCH
-from tests.conftest import _reset_postgres, create_registry_standin_at
+from tests.support import pipeline_env, start_celery_worker, stop_processes
 
 pytestmark = pytest.mark.postgres
 
-ROOT = Path(__file__).resolve().parents[2]
 SLOT = parse_instant("2026-11-27T10:00:00+09:00")
 QUEUE = "split"
 CHAINS = 12 * BATCH
 WORKERS = 3
 DEADLINE_S = 240
-
-
-@pytest.fixture
-def pg_url(postgres_server_url: str) -> str:
-    _reset_postgres(postgres_server_url)
-    upgrade(postgres_server_url)
-    create_registry_standin_at(postgres_server_url)  # Kei-MOTAS is external: stand in
-    return postgres_server_url
+STOP_S = 30.0
 
 
 def _seed(engine: Engine, n: int) -> None:
@@ -70,34 +56,26 @@ def _seed(engine: Engine, n: int) -> None:
 def workers(pg_url: str, any_broker: str, tmp_path: Path) -> Iterator[list[str]]:
     clock = tmp_path / "clock.json"
     FileClock.write(clock, SLOT, 1.0)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
-    env.update({
-        f"{PREFIX}DATABASE_URL": pg_url, f"{PREFIX}BROKER_URL": any_broker,
-        f"{PREFIX}CLOCK_FILE": str(clock), f"{PREFIX}QUEUE": QUEUE,
-        "PYTHONPATH": str(ROOT),
-    })  # fmt: skip
+    env = pipeline_env(
+        database_url=pg_url, broker_url=any_broker, clock_file=str(clock), queue=QUEUE
+    )
     names = [f"split{i}-{uuid.uuid4().hex[:6]}@test" for i in range(WORKERS)]
-    procs = []
-    for name in names:
-        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "retry_pipeline.tasks", "worker", "-Q", QUEUE,
-             "-c", "1", "-P", "prefork", "--without-gossip", "--without-mingle",
-             "--loglevel", "WARNING", "-n", name],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        ))  # fmt: skip
+    procs = [
+        start_celery_worker(
+            QUEUE,
+            name,
+            env,
+            tmp_path / f"{name}.log",
+            pool="prefork",
+            concurrency=1,
+            loglevel="WARNING",
+        )
+        for name in names
+    ]
     try:
         yield names
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_processes(procs, STOP_S)
 
 
 def _client(broker_url: str) -> Celery:

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.clock import FileClock
 from simulation.redis_server import free_port
 from tests.conftest import create_registry_standin_at
+from tests.support import pipeline_env, start_process, stop_process, wait_for
 from tests.web_seed import END, seed
 
 pytestmark = pytest.mark.e2e
@@ -35,6 +35,7 @@ CLI = str(Path(sys.executable).with_name("retry-pipeline"))
 PASSWORD = "browser-test-password"
 IN_CI = bool(os.environ.get("CI"))
 START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
 
 
 def chromium_path() -> str | None:
@@ -64,14 +65,14 @@ def server(tmp_path: Path, broker_url: str) -> Iterator[tuple[str, Path]]:
     seed(db_url)
     clock_file = tmp_path / "clock.json"
     FileClock.write(clock_file, END, 1.0)  # the seeded Friday afternoon, in real time
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("RETRY_PIPELINE_")},
-        "RETRY_PIPELINE_DATABASE_URL": db_url,
-        "RETRY_PIPELINE_CLOCK_FILE": str(clock_file),
-        "RETRY_PIPELINE_BROKER_URL": broker_url,
-        "RETRY_PIPELINE_WEB_SECRET": "browser-test-secret-" + "x" * 20,
-        "RETRY_PIPELINE_LOG_FORMAT": "json",
-    }
+    env = pipeline_env(
+        pythonpath=False,
+        database_url=db_url,
+        clock_file=str(clock_file),
+        broker_url=broker_url,
+        web_secret="browser-test-secret-" + "x" * 20,
+        log_format="json",
+    )
     for user, office, extra in [
         ("osaka", "KEI-OSAKA", []),
         ("kobe", "KEI-KOBE", []),
@@ -87,35 +88,29 @@ def server(tmp_path: Path, broker_url: str) -> Iterator[tuple[str, Path]]:
             timeout=60,
         )
     port = free_port()
-    log_path = tmp_path / "web.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [CLI, "web", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
     base = f"http://127.0.0.1:{port}"
+    web = start_process(
+        [CLI, "web", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path / "web.log"
+    )
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/metrics", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the console did not start:\n{log_path.read_text()}")
-            time.sleep(0.2)
-        yield base, log_path
+        wait_for(
+            lambda: _answers(base + "/metrics"),
+            START_TIMEOUT_S,
+            "the console to start",
+            web,
+            interval_s=0.2,
+        )
+        yield base, web.log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
+        stop_process(web, STOP_TIMEOUT_S)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
 
 
 def test_two_offices_and_an_operator_in_chromium(

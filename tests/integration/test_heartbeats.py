@@ -8,11 +8,9 @@ two ticks or no worker answered within a slot.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -27,9 +25,16 @@ from retry_pipeline.clock import FileClock
 from retry_pipeline.config import Settings
 from retry_pipeline.heartbeat import BEAT, WORKER, Beat, check, record
 from simulation.redis_server import PrivateRedis
-from tests.support import private_redis_server
+from tests.support import (
+    celery_command,
+    pipeline_env,
+    private_redis_server,
+    start_celery_worker,
+    start_process,
+    stop_process,
+    wait_for,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKYO = ZoneInfo("Asia/Tokyo")
 START = datetime(2026, 11, 27, 8, 45, tzinfo=TOKYO)  # a Friday, inside review hours
 DEADLINE_S = 45.0
@@ -41,35 +46,14 @@ def private_redis() -> Iterator[PrivateRedis]:
 
 
 def env_for(workdir: Path, broker_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRY_PIPELINE_")}
-    env.update(
-        RETRY_PIPELINE_DATABASE_URL=f"sqlite:///{workdir / 'retry.sqlite3'}",
-        RETRY_PIPELINE_BROKER_URL=broker_url,
-        RETRY_PIPELINE_CLOCK_FILE=str(workdir / "clock.json"),
-        RETRY_PIPELINE_QUEUE=f"hb-{workdir.name}",
-        RETRY_PIPELINE_HEARTBEAT_S="0.2",
-        RETRY_PIPELINE_BEAT_MAX_INTERVAL_S="0.2",
-        PYTHONPATH=str(ROOT),
+    return pipeline_env(
+        database_url=f"sqlite:///{workdir / 'retry.sqlite3'}",
+        broker_url=broker_url,
+        clock_file=str(workdir / "clock.json"),
+        queue=f"hb-{workdir.name}",
+        heartbeat_s="0.2",
+        beat_max_interval_s="0.2",
     )
-    return env
-
-
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "retry_pipeline.tasks", *args],
-            cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
 
 
 def health(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -88,15 +72,6 @@ def rows(db_url: str) -> dict[str, str]:
         engine.dispose()
 
 
-def wait_until(probe: Callable[[], bool], what: str, logs: list[Path]) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not probe():
-        if time.monotonic() > deadline:
-            tails = "\n".join(p.read_text(errors="replace")[-3000:] for p in logs if p.exists())
-            pytest.fail(f"timed out waiting for {what}\n{tails}")
-        time.sleep(0.1)
-
-
 def test_worker_and_beat_heartbeats_and_health(private_redis: PrivateRedis, tmp_path: Path) -> None:
     env = env_for(tmp_path, private_redis.url)
     db_url = env["RETRY_PIPELINE_DATABASE_URL"]
@@ -108,43 +83,44 @@ def test_worker_and_beat_heartbeats_and_health(private_redis: PrivateRedis, tmp_
     assert "beat has never recorded a heartbeat" in before.stderr
     assert "no worker answered within a slot" in before.stderr
     worker_log, beat_log = tmp_path / "worker.log", tmp_path / "beat.log"
-    worker = start(
-        ["worker", "-Q", env["RETRY_PIPELINE_QUEUE"], "-P", "solo", "-n", "hb@%h",
-         "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
-        env, worker_log,
-    )  # fmt: skip
-    beat = start(
-        ["beat", "-s", str(tmp_path / "beat-schedule"), "--loglevel", "INFO"], env, beat_log
+    worker = start_celery_worker(
+        env["RETRY_PIPELINE_QUEUE"], "hb@%h", env, worker_log, cwd=tmp_path
     )
+    beat_args = ["beat", "-s", str(tmp_path / "beat-schedule"), "--loglevel", "INFO"]
+    beat = start_process(celery_command(*beat_args), env, beat_log, cwd=tmp_path)
     try:
-        wait_until(
+        wait_for(
             lambda: {BEAT, WORKER} <= set(rows(db_url).values()),
+            DEADLINE_S,
             "heartbeats of beat and the worker",
-            [worker_log, beat_log],
+            worker,
+            beat,
         )
         ok = health(env)
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert "healthy" in ok.stdout
         assert any(name.startswith("worker:hb@") for name in rows(db_url))
         # Beat stops; 21 minutes later on the clock it has missed two ticks.
-        stop(beat)
+        stop_process(beat)
         FileClock.write(clock_file, START + timedelta(minutes=21), 1.0)
         # The worker keeps beating on the moved clock, so only beat is unhealthy.
-        wait_until(lambda: health(env, "--only", "worker").returncode == 0, "worker", [worker_log])
+        wait_for(
+            lambda: health(env, "--only", "worker").returncode == 0, DEADLINE_S, "worker", worker
+        )
         late = health(env)
         assert late.returncode == 1
         assert "beat has missed two ticks" in late.stderr
         assert "no worker answered" not in late.stderr
         assert health(env, "--only", "beat").returncode == 1
         # The worker stops too; a slot later nobody answers.
-        stop(worker)
+        stop_process(worker)
         FileClock.write(clock_file, START + timedelta(minutes=32), 1.0)
         gone = health(env, "--only", "worker")
         assert gone.returncode == 1
         assert "no worker answered within a slot" in gone.stderr
     finally:
-        stop(beat)
-        stop(worker)
+        stop_process(beat)
+        stop_process(worker)
 
 
 # -- the rules of `check`, on recorded rows ------------------------------------------------

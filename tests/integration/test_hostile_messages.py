@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import subprocess
-import sys
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -33,7 +30,7 @@ from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.model import LETTER_HEAD_BYTES, DeadLetter
 from simulation.redis_server import PrivateRedis
 from tests.integration.test_dead_letters import protocol2_headers
-from tests.support import READY_TIMEOUT_S, ROOT, Worker, stop_process, wait_for
+from tests.support import Worker, launch_worker, stop_process, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -55,34 +52,6 @@ def fresh_pg_url(server_url: str) -> str:
     return server_url
 
 
-def launch_pg_worker(broker_url: str, db_url: str, workdir: Path) -> Worker:
-    queue = f"rp-hostile-{uuid.uuid4().hex[:10]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRY_PIPELINE_")}
-    env.update(
-        RETRY_PIPELINE_DATABASE_URL=db_url,
-        RETRY_PIPELINE_BROKER_URL=broker_url,
-        RETRY_PIPELINE_QUEUE=queue,
-        RETRY_PIPELINE_EXAMINATION_QUEUE=f"{queue}-examination",
-        PYTHONPATH=str(ROOT),
-    )
-    log = workdir / "worker.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "retry_pipeline.tasks", "worker",
-             "-Q", queue, "-c", "1", "-P", "solo", "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "-n", f"{queue}@%h", "--loglevel", "INFO"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    started = Worker(process, queue, db_url, broker_url, log)
-    try:
-        wait_for(lambda: " ready." in log.read_text(errors="replace"), READY_TIMEOUT_S,
-                 "the worker to be ready", started)  # fmt: skip
-    except BaseException:
-        stop_process(process)
-        raise
-    return started
-
-
 @pytest.fixture(scope="module")
 def pg_worker(
     private_redis: PrivateRedis,
@@ -90,11 +59,16 @@ def pg_worker(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Worker]:
     db_url = fresh_pg_url(postgres_server_url)
-    started = launch_pg_worker(private_redis.url, db_url, tmp_path_factory.mktemp("hostile"))
+    started = launch_worker(
+        private_redis.url,
+        tmp_path_factory.mktemp("hostile"),
+        db_url=db_url,
+        queue_prefix="rp-hostile",
+    )
     try:
         yield started
     finally:
-        stop_process(started.process)
+        stop_process(started)
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,6 @@ test fails: the flushed queue is empty, and no receipt ever comes.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,12 +27,19 @@ from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.adapters.orm import ChainRow, HistoryRow, ReceiptRow
 from retry_pipeline.client import DurableSender
 from simulation.examination import SENDER_URL
-from simulation.redis_server import PrivateRedis, start_private_redis
+from simulation.redis_server import PrivateRedis
+from tests.support import (
+    ROOT,
+    Started,
+    pipeline_env,
+    private_redis_server,
+    start_celery_worker,
+    stop_process,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(600)]
 
-ROOT = Path(__file__).resolve().parents[2]
-IN_CI = bool(os.environ.get("CI"))
 REPORTS = 250
 READY_TIMEOUT_S = 60.0
 RECEIPTS_TIMEOUT_S = 180.0
@@ -48,16 +50,7 @@ T = TypeVar("T")
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
     """A redis-server of this test alone: flushing it touches nobody else."""
-    try:
-        server = start_private_redis()
-    except RuntimeError as exc:
-        if IN_CI:
-            pytest.fail(f"this test needs a redis-server under CI: {exc}")
-        pytest.skip(f"no redis-server to start ({exc})")
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from private_redis_server()
 
 
 @pytest.fixture
@@ -78,77 +71,44 @@ class Processes:
     env: dict[str, str]
     workdir: Path
     queue: str
-    running: dict[str, subprocess.Popen[bytes]]
+    running: dict[str, Started]
 
     def start(self, name: str) -> None:
+        """Start ``name`` (``worker`` or ``examination``), its log appended to; wait until ready."""
         app = "retry_pipeline.tasks" if name == "worker" else "simulation.examination"
         queue = self.queue if name == "worker" else f"{self.queue}-examination"
-        log = self.workdir / f"{name}.log"
-
-        def readies() -> int:
-            return log.read_text(errors="replace").count(" ready.") if log.exists() else 0
-
-        before = readies()
-        with log.open("ab") as out:
-            self.running[name] = subprocess.Popen(
-                [
-                    sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
-                    "-P", "solo", "--without-gossip", "--without-mingle", "--without-heartbeat",
-                    "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO",
-                ],
-                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        wait_for(lambda: readies() > before, READY_TIMEOUT_S, f"{name} to be ready", self)
+        self.running[name] = start_celery_worker(
+            queue,
+            f"{name}-{uuid.uuid4().hex[:6]}@%h",
+            self.env,
+            self.workdir / f"{name}.log",
+            app=app,
+            cwd=ROOT,
+            append=True,
+            heartbeat=False,
+        )
+        self.wait_for(self.running[name].ready, READY_TIMEOUT_S, f"{name} to be ready")
 
     def stop(self, name: str) -> None:
-        process = self.running.pop(name, None)
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
+        started = self.running.pop(name, None)
+        if started is not None:
+            stop_process(started, STOP_TIMEOUT_S)
 
-    def tails(self) -> str:
-        out = []
-        for name in ("worker", "examination"):
-            log = self.workdir / f"{name}.log"
-            text_ = log.read_text(errors="replace") if log.exists() else ""
-            out.append(f"--- {name}\n" + "\n".join(text_.splitlines()[-40:]))
-        return "\n".join(out)
-
-
-def wait_for(probe: Callable[[], T | None], timeout_s: float, what: str, p: Processes) -> T:
-    """Poll ``probe`` until truthy; at the deadline, fail with the processes' logs."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        for name, process in p.running.items():
-            if process.poll() is not None:
-                pytest.fail(f"{name} exited while waiting for {what}\n{p.tails()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}\n{p.tails()}")
-        time.sleep(0.1)
+    def wait_for(self, probe: Callable[[], T | None], timeout_s: float, what: str) -> T:
+        """``tests.support.wait_for``, watching every running process."""
+        return wait_for(probe, timeout_s, what, *self.running.values())
 
 
 @pytest.fixture
 def processes(private_redis: PrivateRedis, pg_url: str, tmp_path: Path) -> Iterator[Processes]:
     queue = f"rp-rc-{uuid.uuid4().hex[:10]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRY_PIPELINE_")}
-    env.update(
-        {
-            "RETRY_PIPELINE_DATABASE_URL": pg_url,
-            "RETRY_PIPELINE_BROKER_URL": private_redis.url,
-            "RETRY_PIPELINE_QUEUE": queue,
-            "RETRY_PIPELINE_EXAMINATION_QUEUE": f"{queue}-examination",
-            SENDER_URL: f"sqlite:///{tmp_path / 'sender.sqlite3'}",
-            "PYTHONPATH": str(ROOT),
-        }
+    env = pipeline_env(
+        database_url=pg_url,
+        broker_url=private_redis.url,
+        queue=queue,
+        examination_queue=f"{queue}-examination",
     )
+    env[SENDER_URL] = f"sqlite:///{tmp_path / 'sender.sqlite3'}"
     p = Processes(env, tmp_path, queue, {})
     try:
         yield p
@@ -195,7 +155,7 @@ def test_reports_flushed_from_the_broker_reach_sql_exactly_once(
         sender.resend_due()  # what the examination side runs periodically
         return sender.counts().unreceipted == 0
 
-    wait_for(all_receipted, RECEIPTS_TIMEOUT_S, f"receipts of {REPORTS} reports", processes)
+    processes.wait_for(all_receipted, RECEIPTS_TIMEOUT_S, f"receipts of {REPORTS} reports")
 
     engine = create_engine(pg_url)
     try:
@@ -238,9 +198,9 @@ def test_reports_flushed_from_the_broker_reach_sql_exactly_once(
 
         before = len(receipt_statuses())
         sender.send(again)
-        statuses = wait_for(
+        statuses = processes.wait_for(
             lambda: (got := receipt_statuses()) and len(got) > before and got,
-            60, "the duplicate receipt", processes,
+            60, "the duplicate receipt",
         )  # fmt: skip
         assert statuses[0] == "accepted"
         assert set(statuses[1:]) == {"duplicate"}

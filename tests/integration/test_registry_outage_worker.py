@@ -9,12 +9,8 @@ resumes the chain. No attempt is counted on a failed read, no dead letter is lef
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,9 +30,14 @@ from simulation.redis_server import PrivateRedis
 from tests.conftest import create_registry_standin_at
 from tests.integration.test_faults_inprocess import TcpProxy
 from tests.integration.test_registry_external import Sent, insert_certificate
-from tests.support import private_redis_server
+from tests.support import (
+    pipeline_env,
+    private_redis_server,
+    start_celery_worker,
+    stop_process,
+    wait_for,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKYO = ZoneInfo("Asia/Tokyo")
 DETECTED = datetime(2026, 11, 27, 8, 36, tzinfo=TOKYO)
 SLOT = datetime(2026, 11, 27, 8, 40, tzinfo=TOKYO)
@@ -80,19 +81,6 @@ def query(url: str, sql: str) -> list[Any]:
         engine.dispose()
 
 
-def wait_until(
-    probe: Callable[[], Any], what: str, log: Path, proc: subprocess.Popen[bytes]
-) -> Any:
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        value = probe()
-        if value:
-            return value
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"{what}: not reached\n{log.read_text(errors='replace')[-5000:]}")
-        time.sleep(0.1)
-
-
 def test_slot_waits_while_keimotas_is_down_and_decides_once_it_is_back(
     private_redis: PrivateRedis, databases: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -123,39 +111,32 @@ def test_slot_waits_while_keimotas_is_down_and_decides_once_it_is_back(
     clock_file = tmp_path / "clock.json"
     FileClock.write(clock_file, SLOT + timedelta(seconds=20), 1.0)
     queue = f"outage-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRY_PIPELINE_")}
-    env.update(
-        RETRY_PIPELINE_DATABASE_URL=pipeline_url,
-        RETRY_PIPELINE_REGISTRY_URL=proxied,
-        RETRY_PIPELINE_BROKER_URL=private_redis.url,
-        RETRY_PIPELINE_QUEUE=queue,
-        RETRY_PIPELINE_EXAMINATION_QUEUE=f"{queue}-examination",
-        RETRY_PIPELINE_CLOCK_FILE=str(clock_file),
-        PYTHONPATH=str(ROOT),
+    env = pipeline_env(
+        database_url=pipeline_url,
+        registry_url=proxied,
+        broker_url=private_redis.url,
+        queue=queue,
+        examination_queue=f"{queue}-examination",
+        clock_file=str(clock_file),
     )
-    log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "retry_pipeline.tasks", "worker", "-Q", queue,
-             "-P", "solo", "-n", f"{queue}@%h", "--without-gossip", "--without-mingle",
-             "--loglevel", "INFO"],
-            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    worker = start_celery_worker(queue, f"{queue}@%h", env, tmp_path / "worker.log", cwd=tmp_path)
     app = Celery("sender", broker=private_redis.url, set_as_current=False)
     try:
-        wait_until(lambda: " ready." in log.read_text(errors="replace"), "ready", log, worker)
+        wait_for(worker.ready, DEADLINE_S, "ready", worker)
         proxy.stop()  # Kei-MOTAS unreachable
         app.send_task("retry_pipeline.attempt_slot", args=[SLOT.isoformat()], queue=queue)
-        wait_until(
-            lambda: log.read_text(errors="replace").count("waits") >= 2,
-            "two waits in the slot", log, worker,
-        )  # fmt: skip
+        wait_for(
+            lambda: worker.output().count("waits") >= 2, DEADLINE_S, "two waits in the slot", worker
+        )
         chain = query(pipeline_url, "SELECT attempts_made FROM retry_chain")
         assert chain == [(0,)]  # nothing decided, nothing counted on a failed read
         assert query(pipeline_url, "SELECT count(*) FROM outbox") == [(0,)]
         proxy.start()  # back
-        wait_until(
-            lambda: query(pipeline_url, "SELECT outcome FROM outbox"), "an outcome", log, worker
+        wait_for(
+            lambda: query(pipeline_url, "SELECT outcome FROM outbox"),
+            DEADLINE_S,
+            "an outcome",
+            worker,
         )
         assert query(pipeline_url, "SELECT outcome, application FROM outbox") == [
             ("resumed", application)
@@ -167,10 +148,4 @@ def test_slot_waits_while_keimotas_is_down_and_decides_once_it_is_back(
     finally:
         app.close()
         proxy.stop()
-        if worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(timeout=15)
+        stop_process(worker)

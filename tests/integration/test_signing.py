@@ -10,13 +10,11 @@ process (Celery registers one signing key per process).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,9 +28,16 @@ from retry_pipeline.names import REPORT_MISSING as REPORT_TASK
 from retry_pipeline.signing import UNSIGNED_WARNING, create_keypair
 from simulation.redis_server import PrivateRedis
 from tests.conftest import create_registry_standin_at
-from tests.support import private_redis_server
+from tests.support import (
+    Started,
+    celery_command,
+    pipeline_env,
+    private_redis_server,
+    start_celery_worker,
+    stop_process,
+    wait_for,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 45.0
 
 pytestmark = pytest.mark.redis
@@ -93,50 +98,23 @@ def cert_store(
 
 
 def base_env(broker_url: str, db_url: str, queue: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRY_PIPELINE_")}
-    env.update(
-        RETRY_PIPELINE_DATABASE_URL=db_url,
-        RETRY_PIPELINE_BROKER_URL=broker_url,
-        RETRY_PIPELINE_QUEUE=queue,
-        RETRY_PIPELINE_EXAMINATION_QUEUE=f"{queue}-examination",
-        PYTHONPATH=str(ROOT),
+    return pipeline_env(
+        database_url=db_url,
+        broker_url=broker_url,
+        queue=queue,
+        examination_queue=f"{queue}-examination",
     )
-    return env
 
 
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "retry_pipeline.tasks", "worker",
-             "-Q", env["RETRY_PIPELINE_QUEUE"], "-P", "solo", "-n", f"{uuid.uuid4().hex[:6]}@%h",
-             "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
-            cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    wait_until(lambda: " ready." in log.read_text(errors="replace"), "worker ready", log, process)
-    return process
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-
-
-def wait_until(
-    probe: Callable[[], Any], what: str, log: Path, process: subprocess.Popen[bytes]
-) -> Any:
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        value = probe()
-        if value:
-            return value
-        if process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"{what}: not reached\n{log.read_text(errors='replace')[-4000:]}")
-        time.sleep(0.1)
+def start_worker(env: dict[str, str], log: Path) -> Started:
+    return start_celery_worker(
+        env["RETRY_PIPELINE_QUEUE"],
+        f"{uuid.uuid4().hex[:6]}@%h",
+        env,
+        log,
+        cwd=log.parent,
+        ready_within_s=DEADLINE_S,
+    )
 
 
 def report(application: str) -> dict[str, Any]:
@@ -231,7 +209,7 @@ def test_only_reports_signed_by_a_known_key_are_taken(
             letters = query(db_url, "SELECT reason FROM dead_letter")
             return bool(chains) and len(letters) >= 3
 
-        wait_until(settled, "one chain and three dead letters", log, worker)
+        wait_for(settled, DEADLINE_S, "one chain and three dead letters", worker)
         chains = [r[0] for r in query(db_url, "SELECT application FROM retry_chain")]
         assert chains == [signed]
         letters = [r[0] for r in query(db_url, "SELECT reason FROM dead_letter ORDER BY id")]
@@ -251,17 +229,16 @@ def test_only_reports_signed_by_a_known_key_are_taken(
         assert len(forged_letters) == 1, letters
         history = query(db_url, "SELECT application FROM retry_history")
         assert {r[0] for r in history} == {signed}
-        assert worker.poll() is None  # the worker goes on
+        assert worker.process.poll() is None  # the worker goes on
         # compose's worker healthcheck works with signing on (control messages signed too)
         ping = subprocess.run(
-            [sys.executable, "-m", "celery", "-A", "retry_pipeline.tasks", "inspect", "ping",
-             "--timeout", "10"],
+            celery_command("inspect", "ping", "--timeout", "10"),
             env=worker_env, capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert ping.returncode == 0, ping.stdout + ping.stderr
         assert "pong" in ping.stdout
     finally:
-        stop(worker)
+        stop_process(worker)
 
 
 def test_without_keys_the_worker_warns_and_takes_unsigned_json(
@@ -275,14 +252,15 @@ def test_without_keys_the_worker_warns_and_takes_unsigned_json(
     log = tmp_path / "worker.log"
     worker = start_worker(env, log)
     try:
-        wait_until(
-            lambda: UNSIGNED_WARNING in log.read_text(errors="replace"), "the warning", log, worker
-        )
+        wait_for(lambda: UNSIGNED_WARNING in worker.output(), DEADLINE_S, "the warning", worker)
         application = f"OSS-2026-J{uuid.uuid4().hex[:5]}"
         send_unsigned(private_redis.url, queue, report(application))
-        wait_until(
-            lambda: query(db_url, "SELECT application FROM retry_chain"), "a chain", log, worker
+        wait_for(
+            lambda: query(db_url, "SELECT application FROM retry_chain"),
+            DEADLINE_S,
+            "a chain",
+            worker,
         )
         assert [r[0] for r in query(db_url, "SELECT application FROM retry_chain")] == [application]
     finally:
-        stop(worker)
+        stop_process(worker)
