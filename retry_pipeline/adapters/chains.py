@@ -152,8 +152,22 @@ class SqlChains:
             raise DuplicateRecord("another report created one of these records first") from exc
 
     def save(self, chains: Sequence[Chain], now: datetime) -> None:
-        if chains:
-            self.session.execute(update(ChainRow), [_state(c, now) for c in chains])
+        # Set-based: one UPDATE per distinct new state (a slot's chains that are still
+        # missing the same certificates mostly share one), not one per row.
+        same: dict[tuple[Any, ...], tuple[dict[str, Any], list[str]]] = {}
+        for chain in chains:
+            state = _state(chain, now)
+            chain_id = state.pop("chain_id")
+            key = tuple(tuple(v) if isinstance(v, list) else v for v in state.values())
+            same.setdefault(key, (state, []))[1].append(chain_id)
+        for state, ids in same.values():
+            for part in _chunks(ids):
+                self.session.execute(
+                    update(ChainRow)
+                    .where(ChainRow.chain_id.in_(part))
+                    .values(state)
+                    .execution_options(synchronize_session=False)
+                )
 
     def mark_dispatched(self, chain_ids: Sequence[str], slot: datetime) -> None:
         for part in _chunks(chain_ids):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import datetime
 
 from sqlalchemy import insert, select
@@ -14,6 +14,7 @@ from retry_pipeline.model import CertificateKind, Event, HistoryEntry
 
 IN_CHUNK = 500
 DECISIONS = (Event.RESUMED.value, Event.AUTO_CORRECTED.value)
+ENTRY_FIELDS = tuple(f.name for f in fields(HistoryEntry))
 
 
 def to_entry(row: HistoryRow) -> HistoryEntry:
@@ -43,9 +44,12 @@ class SqlHistory:
     def append(self, entries: Sequence[HistoryEntry]) -> None:
         if entries:
             rows = [
-                {**asdict(e), "missing": list(e.missing), "found": list(e.found), "node": self.node}
+                {
+                    **{name: getattr(e, name) for name in ENTRY_FIELDS},  # (asdict deep-copies)
+                    "missing": list(e.missing), "found": list(e.found), "node": self.node,
+                }
                 for e in entries
-            ]
+            ]  # fmt: skip
             self.session.execute(insert(HistoryRow), rows)
 
     def lines(
