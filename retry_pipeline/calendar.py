@@ -7,6 +7,7 @@ year-end closure 12/29–1/3 and configured closure dates are added here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -55,6 +56,7 @@ def check_day(day: date) -> None:
         )
 
 
+@functools.lru_cache(maxsize=4096)  # a slot's thousands of chains share a few instants
 def to_local(instant: datetime) -> pendulum.DateTime:
     """The instant in Japan time; naive datetimes are refused, never guessed."""
     if instant.tzinfo is None or instant.utcoffset() is None:
@@ -152,7 +154,11 @@ class BusinessCalendar:
         self, instant: datetime, close_signals: Iterable[datetime] = ()
     ) -> pendulum.DateTime | None:
         """R6/R7: the first grid slot strictly after ``instant`` on its own day, if before close."""
-        local = to_local(instant)
+        return _next_slot_after(self, to_local(instant), tuple(close_signals))
+
+    def _next_slot_after(
+        self, local: pendulum.DateTime, close_signals: tuple[datetime, ...]
+    ) -> pendulum.DateTime | None:
         day = local.date()
         if not self.is_business_day(day):
             return None
@@ -193,3 +199,10 @@ class BusinessCalendar:
                 return self.opening_at(day)
             day += timedelta(days=1)
         raise CalendarError(f"no business day within {HORIZON_DAYS} days after {after}")
+
+
+@functools.lru_cache(maxsize=4096)  # pure: a slot's chains all ask it the same question
+def _next_slot_after(
+    calendar: BusinessCalendar, local: pendulum.DateTime, close_signals: tuple[datetime, ...]
+) -> pendulum.DateTime | None:
+    return calendar._next_slot_after(local, close_signals)
