@@ -69,19 +69,23 @@ class CeleryExaminationGateway:
         self.settings = settings
 
     def deliver(self, outcomes: Sequence[PendingOutcome]) -> None:
-        """One message per outcome, all through one producer. On Redis they go as one
-        pipelined round trip (kombu's ``Producer.batch``); a transport without batches
-        (RabbitMQ) publishes each at once, so a failure can say how many went."""
+        """One message per outcome, all through one producer, the queue declared once.
+        On Redis they go as one pipelined round trip (kombu's ``Producer.batch``), with
+        no per-message publish retry (a failed flush raises; the relay sends them again);
+        a transport without batches (RabbitMQ) publishes each at once, with Celery's
+        retry policy, so a failure can say how many went."""
         s = self.settings
         handed = 0
         with self.app.producer_or_acquire() as producer:
             batched = producer.supports_batch_publish
             try:
+                producer.maybe_declare(self.app.amqp.queues[s.examination_queue])
                 with producer.batch(max_size=BATCH_COMMANDS):
                     for outcome in outcomes:
                         resumed = outcome.outcome is Outcome.RESUMED
                         name = s.resume_task if resumed else s.auto_correct_task
-                        self._publish(producer, name, outcome_message(outcome))
+                        body = outcome_message(outcome)
+                        self._publish(producer, name, body, declare=[], retry=not batched)
                         handed += 0 if batched else 1
             except Exception as exc:
                 raise DeliveryFailed(handed) from exc
@@ -90,7 +94,7 @@ class CeleryExaminationGateway:
         with self.app.producer_or_acquire() as producer:
             self._publish(producer, self.settings.report_received_task, receipt_message(receipt))
 
-    def _publish(self, producer: Any, name: str, body: dict[str, Any]) -> None:
+    def _publish(self, producer: Any, name: str, body: dict[str, Any], **options: Any) -> None:
         """One task message by name on the examination queue, through Celery's own message
         builder and publisher (serializer, signing, routing, retry policy) but without
         ``send_task``'s per-call routing and task-sent event, and with a plain ``repr``
@@ -101,4 +105,6 @@ class CeleryExaminationGateway:
             uuid(), name, (), body, create_sent_event=False, ignore_result=True,
             argsrepr="()", kwargsrepr=repr(body)[:KWARGSREPR_MAX],
         )  # fmt: skip
-        amqp.send_task_message(producer, name, message, queue=self.settings.examination_queue)
+        amqp.send_task_message(
+            producer, name, message, queue=self.settings.examination_queue, **options
+        )

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from retry_pipeline.adapters.db import insert_many
 from retry_pipeline.adapters.orm import HistoryRow
 from retry_pipeline.model import CertificateKind, Event, HistoryEntry
 
@@ -50,7 +51,7 @@ class SqlHistory:
                 }
                 for e in entries
             ]  # fmt: skip
-            self.session.execute(insert(HistoryRow), rows)
+            insert_many(self.session, HistoryRow, rows)
 
     def lines(
         self, *, application: str | None = None, office: str | None = None

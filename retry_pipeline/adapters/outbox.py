@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, func, insert, select, update
+from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from retry_pipeline.adapters.db import insert_many
 from retry_pipeline.adapters.orm import OutboxRow
 from retry_pipeline.errors import DuplicateRecord
 from retry_pipeline.model import (
@@ -61,12 +62,11 @@ class SqlOutbox:
             }
             for e in endings
         ]
-        # One bulk INSERT .. RETURNING (SQLAlchemy's insertmanyvalues), ids in row order:
-        # no ORM objects to track, a release of thousands is one statement per batch.
-        stmt = insert(OutboxRow).returning(OutboxRow.id, sort_by_parameter_order=True)
+        # One INSERT .. RETURNING for the batch, no ORM objects to track (a release of
+        # thousands of chains is one statement per batch).
         try:
             with self.session.begin_nested():
-                ids = list(self.session.scalars(stmt, rows))
+                ids = insert_many(self.session, OutboxRow, rows, returning="chain_id")
         except IntegrityError as exc:
             raise DuplicateRecord("one of these chains already has its outcome") from exc
         return [
@@ -75,7 +75,7 @@ class SqlOutbox:
                 application=e.subject.application, office=e.subject.office, outcome=e.outcome,
                 missing=tuple(sorted_kinds(e.missing)), decided_at=e.decided_at, send_count=0,
             )
-            for id_, e in zip(ids, endings, strict=True)
+            for id_, e in ((ids[e.chain_id], e) for e in endings)
         ]  # fmt: skip
 
     def existing(self, chain_ids: Sequence[str]) -> set[str]:
