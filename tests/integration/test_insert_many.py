@@ -1,0 +1,70 @@
+"""``insert_many``: one INSERT for a batch of rows, unnest arrays on PostgreSQL.
+
+Every kind of column the history and the outbox hold goes in and comes back as it
+was: NULLs (also a whole column of them), JSON lists (empty, Japanese), aware
+datetimes stored as UTC, long text; ``returning`` maps each row to its new id.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from retry_pipeline.adapters.db import insert_many, make_engine
+from retry_pipeline.adapters.orm import HistoryRow, OutboxRow
+
+JST = timezone(timedelta(hours=9))
+AT = datetime(2026, 11, 30, 8, 30, tzinfo=JST)
+
+
+def _history(i: int) -> dict[str, object]:
+    return {
+        "chain_id": f"c{i}", "application": f"OSS-{i}", "office": "関東", "event": "attempt",
+        "attempt_no": None if i % 2 else i, "slot": None if i % 3 == 0 else AT,
+        "missing": ["safety", "保適証"] if i % 2 else [], "detail": "x" * 400 + "'; --",
+        "recorded_at": AT + timedelta(seconds=i), "found": [], "late_s": None, "node": None,
+    }  # fmt: skip
+
+
+def test_rows_come_back_as_they_went_in(db_url: str) -> None:
+    engine = make_engine(db_url)
+    rows = [_history(i) for i in range(1, 301)]
+    with Session(engine) as session, session.begin():
+        assert insert_many(session, HistoryRow, rows) == {}
+    with Session(engine) as session:
+        stored = list(session.scalars(select(HistoryRow).order_by(HistoryRow.id)))
+    engine.dispose()
+    assert len(stored) == 300
+    for row, want in zip(stored, rows, strict=True):
+        got = {k: getattr(row, k) for k in want}
+        assert got == want  # aware datetimes compare by instant
+        assert row.recorded_at.tzinfo is UTC
+
+
+def test_returning_maps_each_row_to_its_id(db_url: str) -> None:
+    engine = make_engine(db_url)
+    rows = [
+        {"chain_id": f"k{i}", "idempotency_key": f"k{i}:resumed", "application": f"A-{i}",
+         "office": "O1", "outcome": "resumed", "missing": [], "decided_at": AT,
+         "created_at": AT, "sent_at": None, "send_count": 0}
+        for i in range(50)
+    ]  # fmt: skip
+    with Session(engine) as session, session.begin():
+        ids = insert_many(session, OutboxRow, rows, returning="chain_id")
+    with Session(engine) as session:
+        stored = {k: v for k, v in session.execute(select(OutboxRow.chain_id, OutboxRow.id))}
+    assert ids == stored and len(ids) == 50
+    with Session(engine) as session, pytest.raises(IntegrityError), session.begin():
+        insert_many(session, OutboxRow, rows[:1], returning="chain_id")  # unique chain_id
+    engine.dispose()
+
+
+def test_nothing_to_insert(db_url: str) -> None:
+    engine = make_engine(db_url)
+    with Session(engine) as session, session.begin():
+        assert insert_many(session, HistoryRow, []) == {}
+    engine.dispose()
