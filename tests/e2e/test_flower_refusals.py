@@ -38,7 +38,14 @@ from retry_pipeline.model import Application, CertificateKind, Procedure, Report
 from retry_pipeline.service.pipeline import Pipeline
 from simulation.redis_server import free_port
 from tests.conftest import create_registry_standin_at
-from tests.e2e.test_flower import AUTH, _get, _start, _stop
+from tests.e2e.test_flower import AUTH, FLOWER_STOP_S, _get
+from tests.support import (
+    celery_command,
+    pipeline_env,
+    start_celery_worker,
+    start_process,
+    stop_process,
+)
 
 pytest.importorskip("flower")
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -59,7 +66,6 @@ class Setup:
 
 @pytest.fixture
 def flower_worker(broker_url: str, tmp_path: Path) -> Iterator[Setup]:
-    import os
 
     from tests.e2e.test_flower import ROOT
 
@@ -69,29 +75,26 @@ def flower_worker(broker_url: str, tmp_path: Path) -> Iterator[Setup]:
     clock_file = tmp_path / "clock.json"
     FileClock.write(clock_file, WORKER_STARTS, 1.0)
     queue = f"flower-refusals-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRY_PIPELINE_")}
-    env.update({
-        "RETRY_PIPELINE_DATABASE_URL": db_url, "RETRY_PIPELINE_BROKER_URL": broker_url,
-        "RETRY_PIPELINE_QUEUE": queue, "PYTHONPATH": str(ROOT),
-        "RETRY_PIPELINE_CLOCK_FILE": str(clock_file),
-    })  # fmt: skip
+    env = pipeline_env(
+        database_url=db_url, broker_url=broker_url, queue=queue, clock_file=str(clock_file)
+    )
     port = free_port()
-    worker = _start(
-        ["worker", "-Q", queue, "-c", "1", "-P", "solo", "--without-gossip",
-         "--without-mingle", "-n", f"{queue}@%h", "--loglevel", "INFO"],
-        env, tmp_path / "worker.log",
-    )  # fmt: skip
+    worker = start_celery_worker(queue, f"{queue}@%h", env, tmp_path / "worker.log", cwd=ROOT)
     # As in compose: flowerconfig.py (read only), credentials from a file, none on argv.
     auth_file = tmp_path / "flower_basic_auth"
     auth_file.write_text(AUTH + "\n")
     env["RETRY_PIPELINE_FLOWER_BASIC_AUTH_FILE"] = str(auth_file)
-    web = _start(["flower", f"--port={port}", "--address=127.0.0.1"],
-                 env, tmp_path / "flower.log")  # fmt: skip
+    web = start_process(
+        celery_command("flower", f"--port={port}", "--address=127.0.0.1"),
+        env,
+        tmp_path / "flower.log",
+        cwd=ROOT,
+    )
     try:
         yield Setup(f"http://127.0.0.1:{port}", queue, db_url, broker_url)
     finally:
-        _stop(web)
-        _stop(worker)
+        stop_process(web, FLOWER_STOP_S)
+        stop_process(worker, FLOWER_STOP_S)
 
 
 def until(probe: Callable[[], Any], what: str) -> Any:
