@@ -140,6 +140,10 @@ class Outbox(Protocol):
         """One outcome per ending; IntegrityError when a chain already has its outcome."""
         ...
 
+    def existing(self, chain_ids: Sequence[str]) -> set[str]:
+        """Which of these chains already have an outcome."""
+        ...
+
     def pending(self, limit: int, *, resend_before: datetime | None) -> list[PendingOutcome]:
         """Never-sent outcomes first (oldest first), then unconfirmed ones whose back-off
         (``mark_sent``'s ``resend_at``) ends by ``resend_before``; never given-up ones."""

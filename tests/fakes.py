@@ -367,6 +367,10 @@ class FakeOutbox:
         self._t.next_outbox_id += len(rows)
         return [r.pending() for r in rows]
 
+    def existing(self, chain_ids: Sequence[str]) -> set[str]:
+        wanted = set(chain_ids)
+        return {e.chain_id for e in self._t.outbox.values() if e.chain_id in wanted}
+
     def pending(self, limit: int, *, resend_before: datetime | None) -> list[PendingOutcome]:
         # Never-sent first (by id), then re-sends whose back-off ends by ``resend_before``.
         rows = sorted(self._t.outbox.values(), key=lambda e: e.id)

@@ -78,6 +78,16 @@ class SqlOutbox:
             for id_, e in ((ids[e.chain_id], e) for e in endings)
         ]  # fmt: skip
 
+    def existing(self, chain_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        unique = sorted(set(chain_ids))
+        for start in range(0, len(unique), IN_CHUNK):
+            stmt = select(OutboxRow.chain_id).where(
+                OutboxRow.chain_id.in_(unique[start : start + IN_CHUNK])
+            )
+            found.update(self.session.scalars(stmt))
+        return found
+
     def pending(self, limit: int, *, resend_before: datetime | None) -> list[PendingOutcome]:
         # Never-sent outcomes first, oldest first: a backlog of unconfirmed ones never
         # starves a new one. Then re-sends whose back-off ends by ``resend_before``.
