@@ -611,12 +611,19 @@ class RecordingGateway:
     receipts: list[PendingReceipt] = field(default_factory=list)
     failures: int = 0
     receipt_failures: int = 0
+    stop_after: int | None = None  # the next delivery hands over only this many, then fails
 
     def deliver(self, outcomes: Sequence[PendingOutcome]) -> None:
-        """Each outcome in turn; ``failures`` makes that many delivery calls fail at once."""
+        """``failures`` makes that many delivery calls fail at once; ``stop_after`` makes
+        the next one fail after handing over its first outcomes (as RabbitMQ's one-by-one
+        publish can say)."""
         if self.failures > 0:
             self.failures -= 1
             raise DeliveryFailed(0) from ConnectionError("examination side unreachable")
+        if self.stop_after is not None and self.stop_after < len(outcomes):
+            handed, self.stop_after = self.stop_after, None
+            self.delivered.extend(outcomes[:handed])
+            raise DeliveryFailed(handed) from ConnectionError("connection lost mid-batch")
         self.delivered.extend(outcomes)
 
     def deliver_receipt(self, receipt: PendingReceipt) -> None:

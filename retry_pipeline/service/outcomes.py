@@ -60,10 +60,11 @@ def deliver(deps: Deps, outcomes: Sequence[PendingOutcome]) -> None:
         deps.gateway.deliver(outcomes)
         handed = len(outcomes)
     except Exception as exc:
-        handed = exc.handed if isinstance(exc, DeliveryFailed) else 0
+        handed = min(exc.handed, len(outcomes)) if isinstance(exc, DeliveryFailed) else 0
+        first = outcomes[min(handed, len(outcomes) - 1)].idempotency_key
         log.exception(
             "could not deliver %d of %d outcome(s), from %s on; the relay will",
-            len(outcomes) - handed, len(outcomes), outcomes[handed].idempotency_key,
+            len(outcomes) - handed, len(outcomes), first,
         )  # fmt: skip
     sent: dict[int, list[int]] = {}  # sends after this one -> outbox ids
     for outcome in outcomes[:handed]:

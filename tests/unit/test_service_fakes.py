@@ -777,6 +777,25 @@ def test_relay_redelivers_until_confirmed(h: Harness) -> None:
     assert len(h.gateway.delivered) == 2
 
 
+def test_a_delivery_that_stops_midway_marks_only_what_went(h: Harness) -> None:
+    """DeliveryFailed(2) of 3: two are marked sent (their back-off starts), the third
+    stays never-sent and goes first at the next relay; nothing is sent twice."""
+    subjects = [continuous() for _ in range(3)]
+    h.gateway.stop_after = 2
+    h.at(jst(27, 8, 36, 5))
+    reports = [report(s, {SAFETY}, jst(27, 8, 36), {SAFETY}) for s in subjects]
+    h.pipeline.accept_reports(reports)  # R3: each auto-corrected at once, one delivery
+    first = [o.application for o in h.gateway.delivered]
+    assert len(first) == 2
+    h.at(jst(27, 8, 40))
+    assert h.pipeline.relay() == 1  # only the one that did not go
+    assert sorted(o.application for o in h.gateway.delivered) == sorted(
+        s.application for s in subjects
+    )
+    assert [o.send_count for o in h.gateway.delivered] == [0, 0, 0]
+    assert h.pipeline.relay() == 0
+
+
 def test_keep_dead_letter(h: Harness) -> None:
     h.at(jst(27, 8, 36))
     letter = h.pipeline.keep_dead_letter("retry_pipeline.report_missing", "bad json", "{x")
