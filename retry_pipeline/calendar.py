@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from functools import cache
 from typing import Any, Literal
 
@@ -56,11 +56,17 @@ def check_day(day: date) -> None:
         )
 
 
-@functools.lru_cache(maxsize=4096)  # a slot's thousands of chains share a few instants
 def to_local(instant: datetime) -> pendulum.DateTime:
     """The instant in Japan time; naive datetimes are refused, never guessed."""
     if instant.tzinfo is None or instant.utcoffset() is None:
         raise InvalidInstant(f"{instant.isoformat()} has no UTC offset")
+    # memoized on the UTC instant: two datetimes that differ only in ``fold`` (a DST zone's
+    # repeated hour) compare equal, but are different instants
+    return _local_of_utc(instant.astimezone(UTC))
+
+
+@functools.lru_cache(maxsize=4096)  # a slot's thousands of chains share a few instants
+def _local_of_utc(instant: datetime) -> pendulum.DateTime:
     return pendulum.instance(instant).in_timezone(TZ)
 
 

@@ -77,9 +77,10 @@ class CeleryExaminationGateway:
         s = self.settings
         handed = 0
         with self.app.producer_or_acquire() as producer:
-            batched = producer.supports_batch_publish
             try:
                 producer.maybe_declare(self.app.amqp.queues[s.examination_queue])
+                # asked of the open channel, as Producer.batch itself decides
+                batched = producer.supports_batch_publish
                 with producer.batch(max_size=BATCH_COMMANDS):
                     for outcome in outcomes:
                         resumed = outcome.outcome is Outcome.RESUMED

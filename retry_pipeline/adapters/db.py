@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import JSON, Engine, TypeDecorator, create_engine, event, insert, text
+from sqlalchemy import JSON, Engine, String, TypeDecorator, create_engine, event, insert, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -115,9 +115,9 @@ def insert_many(
         if isinstance(column.type, TypeDecorator):
             values = [column.type.process_bind_param(v, dialect) for v in values]
         if isinstance(column.type, JSON):
-            values = [None if v is None else json.dumps(v) for v in values]
+            values = [json.dumps(v) for v in values]  # None: JSON null, as SQLAlchemy's JSON
         arrays[f"a{i}"] = values
-    casts = ", ".join(f"CAST(:a{i} AS {c.type.compile(dialect)}[])" for i, c in enumerate(columns))
+    casts = ", ".join(f"CAST(:a{i} AS {_array_of(c.type, dialect)})" for i, c in enumerate(columns))
     sql = (
         f"INSERT INTO {model.__table__.name} ({', '.join(c.name for c in columns)}) "
         f"SELECT * FROM unnest({casts})"
@@ -127,3 +127,12 @@ def insert_many(
         return {}
     sql += f" RETURNING {key.name}, id"
     return {k: v for k, v in session.execute(text(sql), arrays)}
+
+
+def _array_of(column_type: Any, dialect: Any) -> str:
+    """The array type a column's values travel in. Strings without their length: an
+    explicit CAST to VARCHAR(n) would silently cut a longer value, where the INSERT's own
+    conversion to the column refuses it ("value too long"), as a plain INSERT does."""
+    if isinstance(column_type, String):
+        return "VARCHAR[]"
+    return f"{column_type.compile(dialect)}[]"

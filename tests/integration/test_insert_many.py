@@ -11,11 +11,13 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from retry_pipeline.adapters.db import insert_many, make_engine
+from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.adapters.orm import HistoryRow, OutboxRow
+from tests.conftest import _reset_postgres
 
 JST = timezone(timedelta(hours=9))
 AT = datetime(2026, 11, 30, 8, 30, tzinfo=JST)
@@ -67,4 +69,19 @@ def test_nothing_to_insert(db_url: str) -> None:
     engine = make_engine(db_url)
     with Session(engine) as session, session.begin():
         assert insert_many(session, HistoryRow, []) == {}
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_value_too_long_for_its_column_is_refused_not_cut(postgres_server_url: str) -> None:
+    """The arrays travel as VARCHAR[] without a length: the INSERT refuses a too-long
+    value as a plain INSERT does (an explicit CAST to VARCHAR(128) would cut it)."""
+    _reset_postgres(postgres_server_url)
+    upgrade(postgres_server_url)
+    engine = make_engine(postgres_server_url)
+    row = {**_history(1), "node": "n" * 200}  # node is VARCHAR(128)
+    with Session(engine) as session, pytest.raises(DataError), session.begin():
+        insert_many(session, HistoryRow, [row])
+    with Session(engine) as session:
+        assert session.scalars(select(HistoryRow)).first() is None
     engine.dispose()

@@ -552,3 +552,15 @@ def test_format_instant_uses_japan_offset() -> None:
 
 def _days(first: date, count: int) -> list[date]:
     return [first + timedelta(days=i) for i in range(count)]
+
+
+def test_to_local_tells_a_dst_zones_repeated_hour_apart() -> None:
+    """to_local is memoized: the second 01:30 of New York's fall-back night (fold=1) is
+    an hour later than the first, though the two datetimes compare equal."""
+    from zoneinfo import ZoneInfo
+
+    from retry_pipeline.calendar import to_local
+
+    first = datetime(2026, 11, 1, 1, 30, tzinfo=ZoneInfo("America/New_York"))
+    assert to_local(first).isoformat() == "2026-11-01T14:30:00+09:00"
+    assert to_local(first.replace(fold=1)).isoformat() == "2026-11-01T15:30:00+09:00"
