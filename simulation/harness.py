@@ -253,9 +253,13 @@ class LostSends:
     no report message is queued or delivered unacked for ``GONE_AFTER_S`` real seconds.
     """
 
-    def __init__(self, run: Run, say: Progress) -> None:
-        self.run, self.say = run, say
+    def __init__(self, run: Run, say: Progress, recount: Callable[[], int]) -> None:
+        self.run, self.say, self.recount = run, say, recount
         self.since: float | None = None
+
+    def busy(self) -> None:
+        """Something is still on its way (the queue, outcomes): the quiet time restarts."""
+        self.since = None
 
     def all_handled(self, processed: int) -> bool:
         """True when every send was handled, or once the rest are known lost (and forgotten)."""
@@ -268,6 +272,12 @@ class LostSends:
         self.since = self.since or time.monotonic()
         if time.monotonic() - self.since < GONE_AFTER_S:
             return False
+        # Counted again after the broker was read: a report acked (after its commit)
+        # between ``processed``'s snapshot and that read is handled, not lost.
+        processed = self.recount()
+        if processed >= self.run.reports_sent:
+            self.since = None
+            return True
         lost = self.run.reports_sent - processed
         self.say(f"{lost} send(s) of reports that had their receipt were lost by the broker")
         self.run.reports_sent, self.since = processed, None
@@ -297,7 +307,7 @@ def _drive(
         session.add_all([to_row(certificates[i]) for _at, kind, i in events if kind == 0])
     pending = [event for event in events if event[1] != 0]
     settled_since: float | None = None
-    gone = LostSends(run, say)
+    gone = LostSends(run, say, lambda: snapshot(engine).processed)
     last_said = last_resend = 0.0
     processed, now = 0, clock.now()
     while True:
@@ -348,6 +358,8 @@ def _drive(
         if injector.next_at is not None:
             nxt = min(nxt, injector.next_at) if nxt is not None else injector.next_at
         queue_idle = unsent == 0 and queue_empty(run)
+        if not queue_idle:
+            gone.busy()
         idle = queue_idle and gone.all_handled(processed)
         if nxt is not None and nxt - now > IDLE_GAP and idle and run.unreceipted() == 0:
             # (never jump past a report the broker may have lost: it waits for its re-send)

@@ -84,7 +84,7 @@ def test_a_send_is_forgotten_only_once_it_is_nowhere(
     monkeypatch.setattr(harness, "GONE_AFTER_S", 0.2)
     run = _run(tmp_path, private_redis)
     said: list[str] = []
-    gone = LostSends(run, said.append)
+    gone = LostSends(run, said.append, lambda: 0)
     _send(run)  # still queued: the run waits for it
     assert not gone.all_handled(processed=0)
     assert not gone.all_handled(processed=0)
@@ -103,7 +103,7 @@ def test_every_send_handled_needs_no_broker_look(
 ) -> None:
     run = _run(tmp_path, private_redis)
     _send(run)  # (would count as in the broker)
-    assert LostSends(run, print).all_handled(processed=1)
+    assert LostSends(run, print, lambda: 1).all_handled(processed=1)
 
 
 def test_a_report_without_receipt_is_never_forgotten(
@@ -119,5 +119,31 @@ def test_a_report_without_receipt_is_never_forgotten(
     with client_app(run.broker_url).connection_for_write() as conn:
         conn.default_channel.client.delete(run.queue)  # lost, and no receipt
     assert run.unreceipted() == 1
-    assert not LostSends(run, print).all_handled(processed=0)
+    assert not LostSends(run, print, lambda: 0).all_handled(processed=0)
+    assert run.reports_sent == 1
+
+
+def test_a_report_handled_while_the_broker_was_read_is_not_lost(
+    tmp_path: Path, private_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``processed`` came from a snapshot before the broker was read; the report was
+    acked in between: counted again, it is handled, and nothing is forgotten."""
+    monkeypatch.setattr(harness, "GONE_AFTER_S", 0.0)
+    run = _run(tmp_path, private_redis)
+    said: list[str] = []
+    gone = LostSends(run, said.append, lambda: 1)  # the fresh count sees it
+    assert gone.all_handled(processed=0)
+    assert run.reports_sent == 1 and said == []  # nothing forgotten
+
+
+def test_a_busy_queue_restarts_the_quiet_time(
+    tmp_path: Path, private_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(harness, "GONE_AFTER_S", 0.2)
+    run = _run(tmp_path, private_redis)
+    gone = LostSends(run, print, lambda: 0)
+    assert not gone.all_handled(processed=0)  # quiet from now
+    time.sleep(0.3)
+    gone.busy()  # the queue had work meanwhile
+    assert not gone.all_handled(processed=0)  # a fresh 0.2 s starts here
     assert run.reports_sent == 1
