@@ -160,7 +160,7 @@ class BusinessCalendar:
         self, instant: datetime, close_signals: Iterable[datetime] = ()
     ) -> pendulum.DateTime | None:
         """R6/R7: the first grid slot strictly after ``instant`` on its own day, if before close."""
-        return _next_slot_after(self, to_local(instant), tuple(close_signals))
+        return _cached_next_slot_after(self, to_local(instant), tuple(close_signals))
 
     def _next_slot_after(
         self, local: pendulum.DateTime, close_signals: tuple[datetime, ...]
@@ -208,7 +208,7 @@ class BusinessCalendar:
 
 
 @functools.lru_cache(maxsize=4096)  # pure: a slot's chains all ask it the same question
-def _next_slot_after(
+def _cached_next_slot_after(
     calendar: BusinessCalendar, local: pendulum.DateTime, close_signals: tuple[datetime, ...]
 ) -> pendulum.DateTime | None:
     return calendar._next_slot_after(local, close_signals)

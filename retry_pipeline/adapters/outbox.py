@@ -47,20 +47,23 @@ class SqlOutbox:
     def add(self, endings: Sequence[Ending], now: datetime) -> list[PendingOutcome]:
         if not endings:
             return []
+        keyed = [
+            (e, idempotency_key(e.chain_id, e.outcome), sorted_kinds(e.missing)) for e in endings
+        ]
         rows = [
             {
                 "chain_id": e.chain_id,
-                "idempotency_key": idempotency_key(e.chain_id, e.outcome),
+                "idempotency_key": key,
                 "application": e.subject.application,
                 "office": e.subject.office,
                 "outcome": e.outcome.value,
-                "missing": sorted_kinds(e.missing),
+                "missing": missing,
                 "decided_at": e.decided_at,
                 "created_at": now,
                 "sent_at": None,
                 "send_count": 0,
             }
-            for e in endings
+            for e, key, missing in keyed
         ]
         # One INSERT .. RETURNING for the batch, no ORM objects to track (a release of
         # thousands of chains is one statement per batch).
@@ -71,11 +74,11 @@ class SqlOutbox:
             raise DuplicateRecord("one of these chains already has its outcome") from exc
         return [
             PendingOutcome(
-                id=id_, chain_id=e.chain_id, idempotency_key=idempotency_key(e.chain_id, e.outcome),
+                id=ids[e.chain_id], chain_id=e.chain_id, idempotency_key=key,
                 application=e.subject.application, office=e.subject.office, outcome=e.outcome,
-                missing=tuple(sorted_kinds(e.missing)), decided_at=e.decided_at, send_count=0,
+                missing=tuple(missing), decided_at=e.decided_at, send_count=0,
             )
-            for id_, e in ((ids[e.chain_id], e) for e in endings)
+            for e, key, missing in keyed
         ]  # fmt: skip
 
     def existing(self, chain_ids: Sequence[str]) -> set[str]:
