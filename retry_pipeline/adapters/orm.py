@@ -25,6 +25,8 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    and_,
+    func,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -123,15 +125,39 @@ class OutboxRow(Base):
     missing: Mapped[list[str]] = mapped_column(JSON)
     decided_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     send_count: Mapped[int] = mapped_column(Integer, default=0)
     # The examination side acknowledged it (retry_pipeline.confirm_outcome); until then
     # the relay sends it again every slot: a broker that forgets loses nothing.
-    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The fair relay: when an unconfirmed outcome may go again (back-off), and when the
     # relay stopped re-sending it after the cap (an alertable state, counted in metrics).
-    next_send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
-    gave_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    next_send_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    gave_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+def _outbox_indexes() -> tuple[Index, ...]:
+    """Partial indexes over the open outcomes only (issue 11): the relay's two queries,
+    the unconfirmed list and the given-up count. Confirmed rows (nearly all of a grown
+    outbox) sit in none of them; a new row enters six indexes in all instead of eight,
+    and so does the new version an UPDATE writes (migration 0011)."""
+    t = OutboxRow.__table__.c
+    unconfirmed = t.confirmed_at.is_(None)
+    open_ = and_(unconfirmed, t.gave_up_at.is_(None))
+    due = func.coalesce(t.next_send_at, t.sent_at)
+
+    def partial(name: str, where: Any, *on: Any) -> Index:
+        return Index(name, *on, postgresql_where=where, sqlite_where=where)
+
+    return (
+        partial("ix_outbox_unsent", and_(open_, t.sent_at.is_(None)), t.id),
+        partial("ix_outbox_resend", and_(open_, t.sent_at.is_not(None)), due, t.id),
+        partial("ix_outbox_unconfirmed", unconfirmed, t.id),
+        partial("ix_outbox_given_up", and_(unconfirmed, t.gave_up_at.is_not(None)), t.id),
+    )
+
+
+OUTBOX_INDEXES = _outbox_indexes()  # bound to the outbox table as they are made
 
 
 class CloseSignalRow(Base):
