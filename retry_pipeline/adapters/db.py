@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import date
 from typing import Any
 
-from sqlalchemy import JSON, Engine, String, TypeDecorator, create_engine, event, insert, text
+from sqlalchemy import JSON, Engine, TypeDecorator, create_engine, event, insert, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -91,48 +92,50 @@ def insert_many(
     """INSERT ``rows`` (dicts over the same columns) in one statement. With ``returning``
     (a unique column of the rows), ``{that value: the new row's id}``.
 
-    PostgreSQL: ``INSERT .. SELECT * FROM unnest(one array per column)``, a short
-    statement psycopg and the server parse once whatever the number of rows (SQLAlchemy's
-    multi-VALUES form is a new, longer text for every batch, re-parsed each time: a
-    slot's history and outbox rows spent more time there than in the database).
-    Elsewhere (SQLite): SQLAlchemy's own bulk insert.
+    PostgreSQL: the batch travels as one JSON document, ``INSERT .. SELECT .. FROM
+    json_populate_recordset(..)``: a short statement parsed once whatever the number of
+    rows (SQLAlchemy's multi-VALUES form is a new, longer text for every batch), and one
+    parameter that ``json.dumps`` writes in C (psycopg dumps arrays element by element in
+    Python: for a slot's history and outbox rows, more time than the database took). Each
+    value goes through its column's input conversion, as in a plain INSERT: a too-long
+    string is refused, not cut. Elsewhere (SQLite): SQLAlchemy's own bulk insert.
     """
     if not rows:
         return {}
     dialect = session.get_bind().dialect
-    key = model.__table__.c[returning] if returning else None
+    table = model.__table__
+    key = table.c[returning] if returning else None
     if dialect.name != "postgresql":
         stmt = insert(model)
         if key is None:
             session.execute(stmt, list(rows))
             return {}
-        stmt = stmt.returning(key, model.__table__.c.id, sort_by_parameter_order=True)
+        stmt = stmt.returning(key, table.c.id, sort_by_parameter_order=True)
         return {k: v for k, v in session.execute(stmt, list(rows))}
-    columns = [model.__table__.c[name] for name in rows[0]]
-    arrays: dict[str, list[Any]] = {}
-    for i, column in enumerate(columns):
-        values = [row[column.name] for row in rows]
-        if isinstance(column.type, TypeDecorator):
-            values = [column.type.process_bind_param(v, dialect) for v in values]
-        if isinstance(column.type, JSON):
-            values = [json.dumps(v) for v in values]  # None: JSON null, as SQLAlchemy's JSON
-        arrays[f"a{i}"] = values
-    casts = ", ".join(f"CAST(:a{i} AS {_array_of(c.type, dialect)})" for i, c in enumerate(columns))
+    columns = [table.c[name] for name in rows[0]]
+    decorated = [(c.name, c.type) for c in columns if isinstance(c.type, TypeDecorator)]
+    if decorated:
+        bind = [(name, kind.process_bind_param) for name, kind in decorated]
+        rows = [{**row, **{name: to(row[name], dialect) for name, to in bind}} for row in rows]
+    doc = json.dumps(rows, default=_json_value, ensure_ascii=False, allow_nan=False)
+    names = ", ".join(c.name for c in columns)
+    # A JSON column's None arrives as SQL NULL; SQLAlchemy's JSON stores JSON null.
+    values = ", ".join(
+        f"coalesce({c.name}, 'null'::json)" if isinstance(c.type, JSON) else c.name for c in columns
+    )
     sql = (
-        f"INSERT INTO {model.__table__.name} ({', '.join(c.name for c in columns)}) "
-        f"SELECT * FROM unnest({casts})"
+        f"INSERT INTO {table.name} ({names}) SELECT {values} "
+        f"FROM json_populate_recordset(NULL::{table.name}, CAST(:doc AS json))"
     )
     if key is None:
-        session.execute(text(sql), arrays)
+        session.execute(text(sql), {"doc": doc})
         return {}
     sql += f" RETURNING {key.name}, id"
-    return {k: v for k, v in session.execute(text(sql), arrays)}
+    return {k: v for k, v in session.execute(text(sql), {"doc": doc})}
 
 
-def _array_of(column_type: Any, dialect: Any) -> str:
-    """The array type a column's values travel in. Strings without their length: an
-    explicit CAST to VARCHAR(n) would silently cut a longer value, where the INSERT's own
-    conversion to the column refuses it ("value too long"), as a plain INSERT does."""
-    if isinstance(column_type, String):
-        return "VARCHAR[]"
-    return f"{column_type.compile(dialect)}[]"
+def _json_value(value: Any) -> str:
+    """Instants and dates as PostgreSQL reads them (ISO 8601; naive UTC from UTCDateTime)."""
+    if isinstance(value, date):  # datetime is a date too
+        return value.isoformat()
+    raise TypeError(f"insert_many cannot send a {type(value).__name__}")

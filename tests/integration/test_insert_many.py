@@ -1,4 +1,4 @@
-"""``insert_many``: one INSERT for a batch of rows, unnest arrays on PostgreSQL.
+"""``insert_many``: one INSERT for a batch of rows, one JSON document on PostgreSQL.
 
 Every kind of column the history and the outbox hold goes in and comes back as it
 was: NULLs (also a whole column of them), JSON lists (empty, Japanese), aware
@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import select
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy import Text, cast, select
+from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
 from retry_pipeline.adapters.db import insert_many, make_engine
@@ -74,13 +74,59 @@ def test_nothing_to_insert(db_url: str) -> None:
 
 @pytest.mark.postgres
 def test_a_value_too_long_for_its_column_is_refused_not_cut(postgres_server_url: str) -> None:
-    """The arrays travel as VARCHAR[] without a length: the INSERT refuses a too-long
-    value as a plain INSERT does (an explicit CAST to VARCHAR(128) would cut it)."""
+    """Each value goes through its column's own input conversion: the INSERT refuses a
+    too-long value as a plain INSERT does (an explicit CAST to VARCHAR(128) would cut it)."""
     _reset_postgres(postgres_server_url)
     upgrade(postgres_server_url)
     engine = make_engine(postgres_server_url)
     row = {**_history(1), "node": "n" * 200}  # node is VARCHAR(128)
     with Session(engine) as session, pytest.raises(DataError), session.begin():
+        insert_many(session, HistoryRow, [row])
+    with Session(engine) as session:
+        assert session.scalars(select(HistoryRow)).first() is None
+    engine.dispose()
+
+
+def test_json_values_are_stored_as_sqlalchemy_stores_them(db_url: str) -> None:
+    """A JSON column's None is JSON null (not SQL NULL), nested values and text that
+    JSON escapes (quotes, backslashes, newlines, Japanese) come back as they went in,
+    exactly as SQLAlchemy's own single-row INSERT stores them."""
+    engine = make_engine(db_url)
+    odd = ['"quoted"', "back\\slash", "line\nbreak", "保適証", "tab\t", "{not: json}"]
+    ours = {**_history(1), "chain_id": "ours", "missing": None, "found": odd, "detail": odd[1]}
+    theirs = {**ours, "chain_id": "theirs"}
+    with Session(engine) as session, session.begin():
+        insert_many(session, HistoryRow, [ours])
+        session.add(HistoryRow(**theirs))
+    with Session(engine) as session:
+        raw = {
+            chain: (is_null, text_of, found, detail)
+            for chain, is_null, text_of, found, detail in session.execute(
+                select(
+                    HistoryRow.chain_id,
+                    HistoryRow.missing.is_(None),
+                    cast(HistoryRow.missing, Text),
+                    HistoryRow.found,
+                    HistoryRow.detail,
+                )
+            )
+        }
+    engine.dispose()
+    assert raw["ours"] == raw["theirs"]
+    assert raw["ours"][0] is False  # stored, as JSON null
+    assert raw["ours"][2] == odd and raw["ours"][3] == odd[1]
+
+
+def test_a_value_json_cannot_carry_is_refused_before_the_database(db_url: str) -> None:
+    """insert_many sends only what a column type turns into JSON; anything else is a
+    clear TypeError, and nothing is written."""
+    engine = make_engine(db_url)
+    row = {**_history(1), "detail": object()}
+    with (
+        Session(engine) as session,
+        pytest.raises((TypeError, StatementError)),
+        session.begin(),
+    ):
         insert_many(session, HistoryRow, [row])
     with Session(engine) as session:
         assert session.scalars(select(HistoryRow)).first() is None
