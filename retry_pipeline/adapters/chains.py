@@ -10,6 +10,7 @@ from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from retry_pipeline.adapters.db import one_of
 from retry_pipeline.adapters.orm import ChainRow
 from retry_pipeline.calendar import to_local
 from retry_pipeline.errors import DuplicateRecord
@@ -97,7 +98,7 @@ class SqlChains:
     def of_applications(self, applications: Sequence[str], *, lock: bool) -> dict[str, Chain]:
         out: dict[str, Chain] = {}
         for part in _chunks(sorted(set(applications))):  # sorted: locks in one order
-            stmt = select(ChainRow).where(ChainRow.application.in_(part))
+            stmt = select(ChainRow).where(one_of(self.session, ChainRow.application, part))
             out.update((c.subject.application, c) for c in self._rows(stmt, lock=lock))
         return out
 
@@ -164,7 +165,7 @@ class SqlChains:
             for part in _chunks(ids):
                 self.session.execute(
                     update(ChainRow)
-                    .where(ChainRow.chain_id.in_(part))
+                    .where(one_of(self.session, ChainRow.chain_id, part))
                     .values(state)
                     .execution_options(synchronize_session=False)
                 )
@@ -175,7 +176,7 @@ class SqlChains:
             if self._locking:  # a row another session holds stays unmarked: sent again
                 ids = (
                     select(ChainRow.chain_id)
-                    .where(ChainRow.chain_id.in_(part))
+                    .where(one_of(self.session, ChainRow.chain_id, part))
                     .with_for_update(skip_locked=True)
                     .scalar_subquery()
                 )
@@ -216,6 +217,6 @@ class SqlChains:
         for part in _chunks(chain_ids):
             self.session.execute(
                 delete(ChainRow)
-                .where(ChainRow.chain_id.in_(part))
+                .where(one_of(self.session, ChainRow.chain_id, part))
                 .execution_options(synchronize_session=False)
             )

@@ -9,7 +9,7 @@ from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from retry_pipeline.adapters.db import insert_many
+from retry_pipeline.adapters.db import insert_many, one_of
 from retry_pipeline.adapters.orm import OutboxRow
 from retry_pipeline.errors import DuplicateRecord
 from retry_pipeline.model import (
@@ -116,7 +116,7 @@ class SqlOutbox:
         for start in range(0, len(outbox_ids), IN_CHUNK):
             self.session.execute(
                 update(OutboxRow)
-                .where(OutboxRow.id.in_(list(outbox_ids[start : start + IN_CHUNK])))
+                .where(one_of(self.session, OutboxRow.id, outbox_ids[start : start + IN_CHUNK]))
                 .values(sent_at=now, send_count=OutboxRow.send_count + 1, next_send_at=resend_at)
                 .execution_options(synchronize_session=False)
             )
@@ -125,7 +125,7 @@ class SqlOutbox:
         for start in range(0, len(outbox_ids), IN_CHUNK):
             self.session.execute(
                 update(OutboxRow)
-                .where(OutboxRow.id.in_(list(outbox_ids[start : start + IN_CHUNK])))
+                .where(one_of(self.session, OutboxRow.id, outbox_ids[start : start + IN_CHUNK]))
                 .values(gave_up_at=now, next_send_at=None)
                 .execution_options(synchronize_session=False)
             )

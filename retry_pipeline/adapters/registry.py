@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select, tuple_
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from retry_pipeline.adapters.db import make_sessions
+from retry_pipeline.adapters.db import make_sessions, one_of
 from retry_pipeline.adapters.orm import CompletionRow, InsuranceRow, SafetyRow
 from retry_pipeline.config import Settings
 from retry_pipeline.errors import RegistryUnavailable
@@ -71,7 +71,7 @@ class SqlCertificateRegistry:
                 for part in _chunks(vehicles)
                 for r in session.scalars(
                     select(SafetyRow).where(
-                        SafetyRow.vehicle.in_(part), SafetyRow.available_at <= as_of
+                        one_of(session, SafetyRow.vehicle, part), SafetyRow.available_at <= as_of
                     )
                 )
             )
@@ -80,7 +80,8 @@ class SqlCertificateRegistry:
                 for part in _chunks(vehicles)
                 for r in session.scalars(
                     select(CompletionRow).where(
-                        CompletionRow.vehicle.in_(part), CompletionRow.available_at <= as_of
+                        one_of(session, CompletionRow.vehicle, part),
+                        CompletionRow.available_at <= as_of,
                     )
                 )
             )

@@ -1,4 +1,5 @@
-"""``insert_many``: one INSERT for a batch of rows, one JSON document on PostgreSQL.
+"""``insert_many``: one INSERT for a batch of rows, one JSON document on PostgreSQL; and
+``one_of``, the batch's ``IN`` (one array parameter on PostgreSQL).
 
 Every kind of column the history and the outbox hold goes in and comes back as it
 was: NULLs (also a whole column of them), JSON lists (empty, Japanese), aware
@@ -14,7 +15,7 @@ from sqlalchemy import Text, cast, select
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
-from retry_pipeline.adapters.db import insert_many, make_engine
+from retry_pipeline.adapters.db import insert_many, make_engine, one_of
 from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.adapters.orm import HistoryRow, OutboxRow
 from tests.conftest import _reset_postgres
@@ -131,3 +132,39 @@ def test_a_value_json_cannot_carry_is_refused_before_the_database(db_url: str) -
     with Session(engine) as session:
         assert session.scalars(select(HistoryRow)).first() is None
     engine.dispose()
+
+
+def test_one_of_matches_exactly_the_given_ids(db_url: str) -> None:
+    """Strings compare whole (an id longer than the column is not cut to a stored one),
+    integers as integers, an empty batch matches nothing; the statement's text is the same
+    for 2 ids and for 500 (PostgreSQL: one array parameter)."""
+    engine = make_engine(db_url)
+    rows = [_history(i) | {"chain_id": f"{i:032d}"} for i in range(1, 11)]
+    with Session(engine) as session, session.begin():
+        insert_many(session, HistoryRow, rows)
+    with Session(engine) as session:
+
+        def chains(ids: list[str]) -> list[str]:
+            stmt = select(HistoryRow.chain_id).where(one_of(session, HistoryRow.chain_id, ids))
+            return sorted(session.scalars(stmt))
+
+        assert chains([f"{3:032d}", f"{7:032d}", "absent"]) == [f"{3:032d}", f"{7:032d}"]
+        assert chains([f"{3:032d}" + "9"]) == []  # 33 characters: not the stored 32
+        assert chains([]) == []
+        ids = sorted(session.scalars(select(HistoryRow.id)))
+        stmt = select(HistoryRow.chain_id).where(one_of(session, HistoryRow.id, ids[:2]))
+        assert sorted(session.scalars(stmt)) == [f"{1:032d}", f"{2:032d}"]
+        dialect = session.get_bind().dialect
+        short = str(
+            select(HistoryRow.id)
+            .where(one_of(session, HistoryRow.id, ids[:2]))
+            .compile(dialect=dialect)
+        )
+        long_ = str(
+            select(HistoryRow.id)
+            .where(one_of(session, HistoryRow.id, list(range(500))))
+            .compile(dialect=dialect)
+        )
+    engine.dispose()
+    if dialect.name == "postgresql":
+        assert short == long_ and "ANY" in short
