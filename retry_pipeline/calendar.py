@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from functools import cache
 from typing import Any, Literal
 
@@ -58,15 +58,17 @@ def check_day(day: date) -> None:
 
 def to_local(instant: datetime) -> pendulum.DateTime:
     """The instant in Japan time; naive datetimes are refused, never guessed."""
-    if instant.tzinfo is None or instant.utcoffset() is None:
+    offset = instant.utcoffset() if instant.tzinfo is not None else None
+    if offset is None:
         raise InvalidInstant(f"{instant.isoformat()} has no UTC offset")
-    # memoized on the UTC instant: two datetimes that differ only in ``fold`` (a DST zone's
-    # repeated hour) compare equal, but are different instants
-    return _local_of_utc(instant.astimezone(UTC))
+    return _local_of(instant, offset)
 
 
 @functools.lru_cache(maxsize=4096)  # a slot's thousands of chains share a few instants
-def _local_of_utc(instant: datetime) -> pendulum.DateTime:
+def _local_of(instant: datetime, offset: timedelta) -> pendulum.DateTime:
+    # Memoized with the offset in the key: two datetimes of one zone that differ only in
+    # ``fold`` (a DST zone's repeated hour) compare equal but are different instants, and
+    # their offsets differ. (Converting to UTC first, for the key, cost more than the rest.)
     return pendulum.instance(instant).in_timezone(TZ)
 
 
