@@ -87,6 +87,10 @@ class Chains(Protocol):
         """Lock up to ``limit`` chains due at ``slot`` that no other transaction holds."""
         ...
 
+    def waiting(self, slot: datetime) -> int:
+        """How many chains are still due at ``slot``, rows other transactions hold included."""
+        ...
+
     def insert(self, chains: Sequence[Chain], now: datetime) -> None:
         """New records; IntegrityError when one of the applications already has one."""
         ...

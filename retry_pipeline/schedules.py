@@ -72,13 +72,20 @@ class GridSchedule(BaseSchedule):  # type: ignore[misc]
 RETRY_BACKOFF_MAX_S = 60.0
 
 
-def retry_countdown(slot: datetime, now: datetime, step: timedelta, retries: int) -> float | None:
-    """Seconds (on the pipeline's clock) before an unreadable slot is tried again.
+def retry_countdown(
+    slot: datetime,
+    now: datetime,
+    step: timedelta,
+    retries: int,
+    next_tick: datetime | None = None,
+) -> float | None:
+    """Seconds (on the pipeline's clock) before an undecided slot is tried again.
 
-    Back-off 2, 4, 8 … capped at 60 s, only while the slot lasts: ``None`` when the
-    next try would fall at or after the next slot (the grid tick takes over then).
+    Back-off 2, 4, 8 … capped at 60 s, until the grid tick takes over: ``None`` when the
+    next try would fall at or after ``next_tick`` (default: the next slot). After the
+    close the next tick is the next business day's opening, so the slot keeps trying.
     """
     wait = min(2.0 ** (max(retries, 0) + 1), RETRY_BACKOFF_MAX_S)
-    if now + timedelta(seconds=wait) >= slot + step:
+    if now + timedelta(seconds=wait) >= (next_tick if next_tick is not None else slot + step):
         return None
     return wait

@@ -31,7 +31,7 @@ from retry_pipeline.errors import (
 from retry_pipeline.heartbeat import WorkerHeartbeat
 from retry_pipeline.logs import connect_celery
 from retry_pipeline.messages import parse_report
-from retry_pipeline.schedules import GridSchedule, retry_countdown
+from retry_pipeline.schedules import GridSchedule, next_tick_after, retry_countdown
 from retry_pipeline.service.intake import Accepted
 from retry_pipeline.service.letters import raw_text
 from retry_pipeline.service.pipeline import Pipeline
@@ -245,20 +245,24 @@ def _slot_of(task: str, slot: Any, payload: Any) -> Any:
         _refuse(task, str(exc), payload)
 
 
-def _wait_in_slot(task: Any, at: datetime, exc: Exception) -> None:
-    """Kei-MOTAS or the database could not be read: nothing was decided; retry in the slot.
+def _wait_in_slot(task: Any, at: datetime, why: Exception | str) -> None:
+    """Kei-MOTAS or the database could not be read, or another transaction held some of
+    the slot's rows: those chains were not decided; try the slot again.
 
-    Raises Celery's ``Retry`` with a bounded back-off while the slot lasts; once it is
-    over, returns (the grid tick sends an overdue slot again).
+    Raises Celery's ``Retry`` with a bounded back-off until the next grid tick (which
+    sends an overdue slot again), then returns. After the close that tick is the next
+    business day's opening, so an undecided slot keeps trying instead of waiting for it.
     """
     svc = service()
-    countdown = retry_countdown(at, svc.clock.now(), svc.deps.step, task.request.retries)
+    now = svc.clock.now()
+    next_tick = next_tick_after(svc.deps.calendar, now)
+    countdown = retry_countdown(at, now, svc.deps.step, task.request.retries, next_tick)
     if countdown is None:
-        log.error("slot %s not decided: %s; the grid tick sends it again", at.isoformat(), exc)
+        log.error("slot %s not decided: %s; the grid tick sends it again", at.isoformat(), why)
         return
-    log.warning("slot %s waits %.0f s: %s", at.isoformat(), countdown, exc)
-    eta = svc.clock.to_real(svc.clock.now() + timedelta(seconds=countdown))
-    raise task.retry(eta=eta, exc=exc, max_retries=None)
+    log.warning("slot %s waits %.0f s: %s", at.isoformat(), countdown, why)
+    eta = svc.clock.to_real(now + timedelta(seconds=countdown))
+    raise task.retry(eta=eta, exc=why if isinstance(why, Exception) else None, max_retries=None)
 
 
 def _run_slot(task: Any, at: Any) -> dict[str, Any]:
@@ -270,6 +274,8 @@ def _run_slot(task: Any, at: Any) -> dict[str, Any]:
     except UNREADABLE as exc:
         _wait_in_slot(task, at, exc)
         return {"slot": format_instant(at), "unreadable": 1}
+    if counts.get("held"):  # rows another transaction held (SKIP LOCKED): not decided yet
+        _wait_in_slot(task, at, f"{counts['held']} chain(s) held by another transaction")
     return {
         "slot": format_instant(at),
         **counts,

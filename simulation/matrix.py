@@ -170,8 +170,10 @@ def render(
         "- *max lateness*: the largest delay of an attempt behind its slot, in whole slots, "
         "measured from the slot itself (not from the moment the system was whole again). "
         "Faults that take the beat down for more than two slots, or take away a countdown "
-        "message, delay an attempt until the first grid tick after recovery, which sends "
-        "every attempt that is due and not in flight, or a whole slot overdue.",
+        "message, delay an attempt until the first grid tick after recovery (after the "
+        "close, the next business day's 08:30), which sends every attempt that is due and "
+        "not in flight, or a whole slot overdue; a slot whose rows were locked or whose "
+        "registry read failed keeps trying by itself instead.",
         "- *process restarts*: processes that exited by themselves and were restarted by the "
         "harness acting as supervisor (the worker exits when Redis restarts under it); "
         "killed processes are restarted by the fault itself and not counted here.",
@@ -179,8 +181,10 @@ def render(
         "chains whose row an outside session held locked (`SELECT ... FOR UPDATE`, then idle "
         "in its transaction for two slots), and of the other chains' attempts at the slots "
         "that fell while a lock was held. The slot's batch, the tick and the close skip a "
-        "locked row (`SKIP LOCKED`): a held chain is decided on a tick after the lock goes, "
-        "at its own slot (its outcome, attempts and decision time do not move), just late.",
+        "locked row (`SKIP LOCKED`): the slot's message tries again with a back-off (until "
+        "the next grid tick, or after the close until the next opening) and decides a held "
+        "chain once the lock goes, at its own slot (its outcome, attempts and decision time "
+        "do not move), just late.",
         "- Faults: "
         + "; ".join(f"`{f}`" for f in FAULTS)
         + " (see `simulation/faults.py`)"

@@ -229,6 +229,9 @@ class FakeChains:
         # No ORDER BY in SQL: the next_slot index gives a slot's rows in insertion order.
         return [c for c in self._t.chains.values() if c.cursor.slot == slot][:limit]
 
+    def waiting(self, slot: datetime) -> int:
+        return sum(1 for c in self._t.chains.values() if c.cursor.slot == slot)
+
     def insert(self, chains: Sequence[Chain], now: datetime) -> None:
         _utc(now)
         self._race()

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -132,6 +132,10 @@ class SqlChains:
         # parallel batches of one slot split the work instead of waiting for each other.
         stmt = select(ChainRow).where(ChainRow.next_slot == slot).limit(limit)
         return self._rows(stmt, lock=True, skip_locked=True)
+
+    def waiting(self, slot: datetime) -> int:
+        stmt = select(func.count()).select_from(ChainRow).where(ChainRow.next_slot == slot)
+        return int(self.session.scalar(stmt) or 0)
 
     def insert(self, chains: Sequence[Chain], now: datetime) -> None:
         if not chains:

@@ -47,7 +47,9 @@ def run_slot(
     """Every chain due at ``slot``, decided in batches; counts of what became of them.
 
     ``decided``, if given, receives how the attempt went for the first ``SHOWN``
-    applications: ``resumed``, ``auto_corrected: safety``, ``next <slot>``.
+    applications: ``resumed``, ``auto_corrected: safety``, ``next <slot>``. ``held``
+    (only when some are): chains still due at ``slot`` whose rows another transaction
+    held, so the batch skipped them (SKIP LOCKED); the caller tries the slot again.
     """
     counts = {"next": 0, "parked": 0, Outcome.RESUMED.value: 0, Outcome.AUTO_CORRECTED.value: 0}
     if deps.clock.now() < slot:
@@ -62,6 +64,9 @@ def run_slot(
     while True:
         with deps.store.unit() as u:
             claimed, shared = _decide_batch(deps, u, slot, signals, batch, counts, share, decided)
+            held = u.chains.waiting(slot) if share and claimed < batch else 0
+        if held:
+            counts["held"] = held
         if claimed < batch or shared:
             return counts
 
