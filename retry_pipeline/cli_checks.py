@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from datetime import date, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -70,3 +72,16 @@ def check_ident(option: str, value: str) -> None:
         raise ValueError(
             f"{option} {value!r} is not an id: 1-200 printable characters, not only spaces"
         )
+
+
+def writable_output(output: str) -> Path:
+    """``--output``'s path, its folder made if missing; a clear error before any work."""
+    path = Path(output)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"--output {output}: cannot make its folder ({exc.strerror})") from None
+    target = path if path.exists() else path.parent
+    if not os.access(target, os.W_OK):
+        raise BadInput(f"--output {output}: not writable")
+    return path

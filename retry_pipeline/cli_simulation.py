@@ -12,7 +12,7 @@ from datetime import datetime
 
 import click
 
-from retry_pipeline.cli_checks import USAGE_ERROR, check_scenario_dates
+from retry_pipeline.cli_checks import USAGE_ERROR, check_scenario_dates, writable_output
 from retry_pipeline.errors import CalendarError
 
 
@@ -154,8 +154,6 @@ def fault_matrix(
     database: str,
 ) -> None:
     """Inject every fault for real and compare with a clean run (docs/reliability.md)."""
-    from pathlib import Path
-
     require_simulation()
     from simulation.databases import backend_of
     from simulation.faults import faults_for, parse_faults, refuse_unsupported
@@ -171,14 +169,15 @@ def fault_matrix(
         seed_list = [int(x) for x in seeds.split(",") if x.strip()]
     except (ScenarioError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
+    target = writable_output(output) if output else None  # before a run of minutes
     rows, clean = run_matrix(scenario, seed_list, names, time_scale, _say, database)
     command = f"retry-pipeline fault-matrix {scenario_file}"
     if output:
         command = "make faults" + (" FAULTS_DB=sqlite" if backend == "sqlite" else "")
     text = render(rows, scenario, seed_list, command, database, clean.max_lateness_slots)
-    if output:
-        previous = Path(output).read_text("utf-8") if Path(output).exists() else None
-        Path(output).write_text(keep_hand_written(text, previous), encoding="utf-8")
+    if target:
+        previous = target.read_text("utf-8") if target.exists() else None
+        target.write_text(keep_hand_written(text, previous), encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text)
@@ -233,13 +232,12 @@ _DATE = click.option(
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Default: stdout.")
 def post_holiday(applications: int, seed: int, day: datetime | None, output: str | None) -> None:
     """A post-holiday morning: linkage backlog, capped batches; same seed, same bytes."""
-    from pathlib import Path
-
+    target = writable_output(output) if output else None
     text = _post_holiday_json(applications, seed, day)
-    if output is None:
+    if target is None:
         click.echo(text, nl=False)
     else:
-        Path(output).write_text(text, encoding="utf-8")
+        target.write_text(text, encoding="utf-8")
         click.echo(f"scenario written to {output}", err=True)
 
 

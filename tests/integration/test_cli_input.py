@@ -253,3 +253,24 @@ def test_sweep_simulate_and_fault_matrix(
         result = run(None, command, str(path))
         assert_clean(result)
         assert result.exit_code == 2
+
+
+def test_output_in_a_missing_folder_is_made(tmp_path: Path) -> None:
+    target = tmp_path / "new" / "folder" / "s.json"
+    result = run(None, "scenario", "post-holiday", "--applications", "2", "--output", str(target))
+    assert result.exit_code == 0, result.output
+    assert target.read_text("utf-8").startswith("{")
+
+
+def test_output_under_a_file_is_refused_before_a_fault_run(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.json"
+    assert (
+        run(
+            None, "scenario", "post-holiday", "--applications", "2", "--output", str(scenario)
+        ).exit_code
+        == 0
+    )
+    # The matrix would run for minutes, then fail to write: it is refused first.
+    result = run(None, "fault-matrix", str(scenario), "--output", str(scenario / "table.md"))
+    assert_clean(result)
+    assert result.exit_code == 2 and "cannot make its folder" in result.output, result.output
