@@ -262,7 +262,7 @@ def _wait_in_slot(task: Any, at: datetime, why: Exception | str) -> None:
         return
     log.warning("slot %s waits %.0f s: %s", at.isoformat(), countdown, why)
     eta = svc.clock.to_real(now + timedelta(seconds=countdown))
-    raise task.retry(eta=eta, exc=why if isinstance(why, Exception) else None, max_retries=None)
+    raise task.retry(eta=eta, exc=why if isinstance(why, Exception) else None)
 
 
 def _run_slot(task: Any, at: Any) -> dict[str, Any]:
@@ -284,13 +284,15 @@ def _run_slot(task: Any, at: Any) -> dict[str, Any]:
     }
 
 
-@app.task(name=names.ATTEMPT_SLOT, bind=True)
+# max_retries=None on the task: the tries are bounded by the next grid tick, not by a
+# count (Task.retry(max_retries=None) means the task's own, Celery's default 3).
+@app.task(name=names.ATTEMPT_SLOT, bind=True, max_retries=None)
 def attempt_slot(self: Any, slot: str) -> dict[str, Any]:
     """The attempts of every chain due at ``slot``, decided in batches (DESIGN 2, 3)."""
     return _run_slot(self, _slot_of(names.ATTEMPT_SLOT, slot, {"slot": slot}))
 
 
-@app.task(name=names.ATTEMPT, bind=True)
+@app.task(name=names.ATTEMPT, bind=True, max_retries=None)
 def attempt(self: Any, chain_id: str, attempt_no: int, slot: str) -> dict[str, Any]:
     """One chain's attempt, as older senders send it: its slot decides it (DESIGN 3).
 

@@ -9,8 +9,9 @@ counted on "the next grid tick" to send the slot again. After the close that tic
 08:30 the next business day: the 15:50 attempt ran then, 1,000 minutes late.
 
 Here a real worker (clock file at 16:05, after the close tick) gets the 15:50 slot while
-an outside session holds the chain's row (``SELECT ... FOR UPDATE``): the slot waits
-with a back-off and decides the chain once the lock goes, with no tick.
+an outside session holds the chain's row (``SELECT ... FOR UPDATE``) for more tries than
+a Celery task's default ``max_retries``: the slot waits with a back-off and decides the
+chain once the lock goes, with no tick and no dead letter.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ SLOT = datetime(2026, 5, 7, 15, 50, tzinfo=TOKYO)
 AFTER_CLOSE = datetime(2026, 5, 7, 16, 5, tzinfo=TOKYO)  # the 16:00 tick has run
 STORED_SLOT = SLOT.astimezone(UTC).replace(tzinfo=None)  # as the columns hold it (UTC)
 DEADLINE_S = 45.0
+SCALE = 10.0  # pipeline seconds a real second: the back-off's 2, 4, 8 ... s pass quickly
+WAITS = 6  # tries the held slot makes before the lock goes: more than Celery's default 3
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -98,7 +101,7 @@ def test_a_held_slot_after_the_close_is_decided_once_the_lock_goes_not_next_morn
     intake.store.engine.dispose()
     assert query(pg_url, "SELECT next_slot FROM retry_chain") == [(STORED_SLOT,)]
     clock_file = tmp_path / "clock.json"
-    FileClock.write(clock_file, AFTER_CLOSE, 1.0)
+    FileClock.write(clock_file, AFTER_CLOSE, SCALE)
     queue = f"held-{uuid.uuid4().hex[:8]}"
     env = pipeline_env(
         database_url=pg_url,
@@ -118,6 +121,10 @@ def test_a_held_slot_after_the_close_is_decided_once_the_lock_goes_not_next_morn
         holder.execute(text("SELECT 1 FROM retry_chain FOR UPDATE"))
         app.send_task("retry_pipeline.attempt_slot", args=[SLOT.isoformat()], queue=queue)
         wait_for(lambda: slot_ran(worker.output()), DEADLINE_S, "the slot's message", worker)
+        # The lock stays for many tries: a task's default max_retries (3) must not end
+        # them in MaxRetriesExceededError and a dead letter (the fault matrix saw that).
+        wait_for(lambda: worker.output().count(" waits ") >= WAITS, DEADLINE_S, "tries", worker)
+        assert "MaxRetriesExceeded" not in worker.output()
         assert query(pg_url, "SELECT attempts_made FROM retry_chain") == [(0,)]
         holder.rollback()  # the lock goes; no grid tick comes before 08:30 tomorrow
         wait_for(
