@@ -11,13 +11,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import Text, cast, select
+from sqlalchemy import Text, cast, select, text
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
 from retry_pipeline.adapters.db import insert_many, make_engine, one_of
 from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.adapters.orm import HistoryRow, OutboxRow
+from retry_pipeline.adapters.outbox import SqlOutbox
 from tests.conftest import _reset_postgres
 
 JST = timezone(timedelta(hours=9))
@@ -167,4 +168,56 @@ def test_one_of_matches_exactly_the_given_ids(db_url: str) -> None:
         )
     engine.dispose()
     if dialect.name == "postgresql":
-        assert short == long_ and "ANY" in short
+        assert short == long_ and "unnest" in short
+
+
+@pytest.mark.postgres
+def test_one_of_keeps_a_linear_plan_when_the_table_grows_after_planning(
+    postgres_server_url: str,
+) -> None:
+    """psycopg prepares a statement run five times; PostgreSQL then keeps a generic plan
+    made for the table as it was. The outbox's mark_sent, planned while the outbox held
+    20 rows, must not test every row of a grown outbox against the whole batch (a
+    sequential scan filtered by ``id = ANY(array)``: the 08:30 release's updates grew
+    from 10 to 130 ms a batch): the batch is matched by index or by hash."""
+    _reset_postgres(postgres_server_url)
+    upgrade(postgres_server_url)
+    engine = make_engine(postgres_server_url)
+
+    def outcomes(first: int, n: int) -> list[dict[str, object]]:
+        return [
+            {"chain_id": f"g{i}", "idempotency_key": f"g{i}:resumed", "application": f"A-{i}",
+             "office": "O1", "outcome": "resumed", "missing": [], "decided_at": AT,
+             "created_at": AT, "sent_at": None, "send_count": 0}
+            for i in range(first, first + n)
+        ]  # fmt: skip
+
+    with engine.connect() as conn:  # one connection: its prepared statements
+        conn.execute(text("ALTER TABLE outbox SET (autovacuum_enabled = false)"))
+        with Session(bind=conn) as session:
+            ids = sorted(
+                insert_many(session, OutboxRow, outcomes(0, 20), returning="chain_id").values()
+            )
+            session.commit()
+            conn.execute(text("ANALYZE outbox"))
+            conn.commit()
+            for _ in range(15):  # psycopg prepares it; the server settles on a generic plan
+                SqlOutbox(session).mark_sent(ids[:10], AT)
+                session.commit()
+            insert_many(session, OutboxRow, outcomes(20, 20_000))
+            session.commit()
+        prepared = conn.execute(
+            text("SELECT name, generic_plans FROM pg_prepared_statements "
+                 "WHERE statement LIKE 'UPDATE outbox SET sent_at%'")
+        ).all()  # fmt: skip
+        assert len(prepared) == 1 and prepared[0].generic_plans > 0, prepared
+        plan = [
+            line
+            for (line,) in conn.execute(
+                text(f"EXPLAIN EXECUTE {prepared[0].name}(now(), 1, NULL, '{{1,2,3}}')")
+            )
+        ]
+        conn.rollback()
+    engine.dispose()
+    scans = [line for line in plan if "Filter" in line and "ANY" in line]
+    assert not scans, "\n".join(plan)
