@@ -85,7 +85,8 @@ def retry_countdown(
     next try would fall at or after ``next_tick`` (default: the next slot). After the
     close the next tick is the next business day's opening, so the slot keeps trying.
     """
-    wait = min(2.0 ** (max(retries, 0) + 1), RETRY_BACKOFF_MAX_S)
+    # The exponent is capped: a weekend of tries (over 1,023) would overflow a float.
+    wait = min(2.0 ** (min(max(retries, 0), 16) + 1), RETRY_BACKOFF_MAX_S)
     if now + timedelta(seconds=wait) >= (next_tick if next_tick is not None else slot + step):
         return None
     return wait

@@ -99,6 +99,8 @@ class SqlChains:
         out: dict[str, Chain] = {}
         for part in _chunks(sorted(set(applications))):  # sorted: locks in one order
             stmt = select(ChainRow).where(one_of(self.session, ChainRow.application, part))
+            if lock:  # LockRows above the sort: rows locked in this order whatever the plan
+                stmt = stmt.order_by(ChainRow.application)
             out.update((c.subject.application, c) for c in self._rows(stmt, lock=lock))
         return out
 
