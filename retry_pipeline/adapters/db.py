@@ -115,7 +115,8 @@ def one_of(session: Session, column: Any, values: Sequence[Any]) -> ColumnElemen
     every row against the whole array, 500 comparisons a row: the release's outbox
     updates grew from 10 to 130 ms a batch as the table filled. ``IN (SELECT unnest())``
     is a semi-join: the index when the plan knows the table is large, a hash of the
-    batch otherwise, linear either way. Elsewhere (SQLite): a plain IN."""
+    batch otherwise (one pass over the table a batch, until an ANALYZE replans it, not a
+    pass times the batch). Elsewhere (SQLite): a plain IN."""
     clause: ColumnElement[bool]
     if session.get_bind().dialect.name != "postgresql":
         clause = column.in_(values)
