@@ -172,7 +172,7 @@ def fault_matrix(
     target = writable_output(output) if output else None  # before a run of minutes
     rows, clean = run_matrix(scenario, seed_list, names, time_scale, _say, database)
     command = f"retry-pipeline fault-matrix {scenario_file}"
-    if output:
+    if target:
         command = "make faults" + (" FAULTS_DB=sqlite" if backend == "sqlite" else "")
     text = render(rows, scenario, seed_list, command, database, clean.max_lateness_slots)
     if target:
@@ -265,7 +265,6 @@ def demo(
 ) -> None:
     """The main job: a post-holiday morning through the real pipeline, then the table."""
     import time
-    from pathlib import Path
 
     require_simulation()
     from simulation.demo import demo_table
@@ -276,8 +275,7 @@ def demo(
     started = time.monotonic()
     text = _post_holiday_json(applications, seed, day)
     scenario = Scenario.model_validate(json.loads(text))
-    report_path = Path(report_file)
-    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path = writable_output(report_file)
     scenario_path = report_path.with_name(f"{report_path.stem}-scenario.json")
     scenario_path.write_text(text, encoding="utf-8")
     click.echo(
