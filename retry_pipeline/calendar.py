@@ -58,10 +58,14 @@ def check_day(day: date) -> None:
 
 def to_local(instant: datetime) -> pendulum.DateTime:
     """The instant in Japan time; naive datetimes are refused, never guessed."""
+    return _local_of(instant, _offset(instant))
+
+
+def _offset(instant: datetime) -> timedelta:
     offset = instant.utcoffset() if instant.tzinfo is not None else None
     if offset is None:
         raise InvalidInstant(f"{instant.isoformat()} has no UTC offset")
-    return _local_of(instant, offset)
+    return offset
 
 
 @functools.lru_cache(maxsize=4096)  # a slot's thousands of chains share a few instants
@@ -101,7 +105,12 @@ def parse_instant(text: str) -> pendulum.DateTime:
 
 def format_instant(instant: datetime) -> str:
     """ISO 8601 in Japan time with the +09:00 offset."""
-    return to_local(instant).isoformat()
+    return _format_of(instant, _offset(instant))
+
+
+@functools.lru_cache(maxsize=4096)  # a release's outcomes share their slot's instant
+def _format_of(instant: datetime, offset: timedelta) -> str:
+    return _local_of(instant, offset).isoformat()  # (pendulum's isoformat is Python)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from celery.utils.nodenames import anon_nodename
 from kombu.utils.uuid import uuid
 
 from retry_pipeline.calendar import format_instant
@@ -78,34 +79,72 @@ class CeleryExaminationGateway:
         handed = 0
         with self.app.producer_or_acquire() as producer:
             try:
-                producer.maybe_declare(self.app.amqp.queues[s.examination_queue])
                 # asked of the open channel, as Producer.batch itself decides
                 batched = producer.supports_batch_publish
+                publish = TaskPublisher(self.app, producer, s.examination_queue, not batched)
                 with producer.batch(max_size=BATCH_COMMANDS):
                     for outcome in outcomes:
                         resumed = outcome.outcome is Outcome.RESUMED
                         name = s.resume_task if resumed else s.auto_correct_task
-                        body = outcome_message(outcome)
-                        self._publish(producer, name, body, declare=[], retry=not batched)
+                        publish(name, outcome_message(outcome))
                         handed += 0 if batched else 1
             except Exception as exc:
                 raise DeliveryFailed(handed) from exc
 
     def deliver_receipt(self, receipt: PendingReceipt) -> None:
         with self.app.producer_or_acquire() as producer:
-            self._publish(producer, self.settings.report_received_task, receipt_message(receipt))
+            publish = TaskPublisher(self.app, producer, self.settings.examination_queue)
+            publish(self.settings.report_received_task, receipt_message(receipt))
 
-    def _publish(self, producer: Any, name: str, body: dict[str, Any], **options: Any) -> None:
-        """One task message by name on the examination queue, through Celery's own message
-        builder and publisher (serializer, signing, routing, retry policy) but without
-        ``send_task``'s per-call routing and task-sent event, and with a plain ``repr``
-        of the body for ``kwargsrepr`` (Celery's saferepr costs more than the rest of
-        the message): the relay and the 08:30 release send thousands (issue 11)."""
-        amqp = self.app.amqp
-        message = amqp.create_task_message(
-            uuid(), name, (), body, create_sent_event=False, ignore_result=True,
-            argsrepr="()", kwargsrepr=repr(body)[:KWARGSREPR_MAX],
-        )  # fmt: skip
-        amqp.send_task_message(
-            producer, name, message, queue=self.settings.examination_queue, **options
+
+EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+def task_headers(task_id: str, name: str, kwargsrepr: str, origin: str) -> dict[str, Any]:
+    """Celery's protocol 2 headers of a task sent by name with keyword arguments only,
+    no ETA, no parent, its result ignored: what ``app.amqp.as_task_v2`` writes
+    (``tests/unit/test_task_message.py`` compares the two)."""
+    return {
+        "lang": "py", "task": name, "id": task_id, "shadow": None, "eta": None,
+        "expires": None, "group": None, "group_index": None, "retries": 0,
+        "timelimit": [None, None], "root_id": task_id, "parent_id": None,
+        "argsrepr": "()", "kwargsrepr": kwargsrepr, "origin": origin,
+        "ignore_result": True, "replaced_task_nesting": 0, "stamped_headers": None,
+        "stamps": {},
+    }  # fmt: skip
+
+
+class TaskPublisher:
+    """Publishes task messages by name on one queue through an open kombu producer.
+
+    The queue is declared once (``maybe_declare``). Each message is Celery's protocol 2
+    (``task_headers``; the body ``((), kwargs, embed)``), serialized, compressed and
+    persisted as the app and the queue are configured (so signing, the ``auth``
+    serializer, applies), retried by the app's publish policy when ``retry`` (default:
+    the app's ``task_publish_retry``), as ``send_task_message`` would send it. It skips
+    that function's per-call routing, option merging and publish signals, and Celery's
+    ``saferepr``: the relay and the 08:30 release send thousands, and that machinery
+    cost about a third of each message (issue 11).
+    """
+
+    def __init__(self, app: Any, producer: Any, queue: str, retry: bool | None = None) -> None:
+        conf = app.conf
+        declared = app.amqp.queues[queue]  # made (task_create_missing_queues) if unknown
+        producer.maybe_declare(declared)
+        self.producer = producer
+        self.origin = anon_nodename()
+        self.options: dict[str, Any] = {
+            "exchange": "", "routing_key": queue, "serializer": conf.task_serializer,
+            "compression": conf.task_compression,
+            "delivery_mode": declared.exchange.delivery_mode or conf.task_default_delivery_mode,
+            "declare": [], "retry": conf.task_publish_retry if retry is None else retry,
+            "retry_policy": conf.task_publish_retry_policy, "reply_to": "",
+        }  # fmt: skip
+
+    def __call__(self, name: str, kwargs: dict[str, Any]) -> str:
+        task_id = uuid()
+        headers = task_headers(task_id, name, repr(kwargs)[:KWARGSREPR_MAX], self.origin)
+        self.producer.publish(
+            ((), kwargs, EMBED), headers=headers, correlation_id=task_id, **self.options
         )
+        return task_id

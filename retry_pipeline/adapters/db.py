@@ -130,6 +130,24 @@ def one_of(session: Session, column: Any, values: Sequence[Any]) -> ColumnElemen
     return clause
 
 
+def _bound(
+    rows: Sequence[dict[str, Any]], decorated: list[tuple[str, TypeDecorator[Any]]], dialect: Any
+) -> list[dict[str, Any]]:
+    """The rows with each decorated column's value through its ``process_bind_param``,
+    once per value object: a batch's rows share their few instants (the slot, now), and
+    a pendulum time's conversion to UTC is Python. By identity, not equality: two
+    datetimes of one zone that differ only in ``fold`` are equal but not one instant."""
+    done: dict[tuple[str, int], Any] = {}
+
+    def bound(name: str, kind: TypeDecorator[Any], value: Any) -> Any:
+        key = (name, id(value))
+        if key not in done:
+            done[key] = kind.process_bind_param(value, dialect)
+        return done[key]
+
+    return [{**row, **{n: bound(n, k, row[n]) for n, k in decorated}} for row in rows]
+
+
 def insert_many(
     session: Session, model: Any, rows: Sequence[dict[str, Any]], *, returning: str | None = None
 ) -> dict[Any, Any]:
@@ -159,8 +177,7 @@ def insert_many(
     columns = [table.c[name] for name in rows[0]]
     decorated = [(c.name, c.type) for c in columns if isinstance(c.type, TypeDecorator)]
     if decorated:
-        bind = [(name, kind.process_bind_param) for name, kind in decorated]
-        rows = [{**row, **{name: to(row[name], dialect) for name, to in bind}} for row in rows]
+        rows = _bound(rows, decorated, dialect)
     doc = json.dumps(rows, default=_json_value, ensure_ascii=False, allow_nan=False)
     names = ", ".join(c.name for c in columns)
     # A JSON column's None arrives as SQL NULL; SQLAlchemy's JSON stores JSON null.

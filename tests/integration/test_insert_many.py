@@ -9,6 +9,7 @@ datetimes stored as UTC, long text; ``returning`` maps each row to its new id.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import Text, cast, select, text
@@ -47,6 +48,25 @@ def test_rows_come_back_as_they_went_in(db_url: str) -> None:
         got = {k: getattr(row, k) for k in want}
         assert got == want  # aware datetimes compare by instant
         assert row.recorded_at.tzinfo is UTC
+
+
+def test_shared_and_equal_instants_are_each_stored_as_their_own(db_url: str) -> None:
+    """The rows' datetimes are converted once per object (a batch shares its slot):
+    one object in many rows, and equal-looking ones that are not one instant (the
+    repeated hour of a DST zone, ``fold``), each stored as the instant it is."""
+    ny = ZoneInfo("America/New_York")
+    first = datetime(2026, 11, 1, 1, 30, tzinfo=ny)
+    second = first.replace(fold=1)  # equal to ``first`` in Python, an hour later
+    times = [AT, AT, first, second, AT + timedelta(0), first]
+    rows = [{**_history(i), "recorded_at": at} for i, at in enumerate(times, start=1)]
+    engine = make_engine(db_url)
+    with Session(engine) as session, session.begin():
+        insert_many(session, HistoryRow, rows)
+    with Session(engine) as session:
+        stored = list(session.scalars(select(HistoryRow.recorded_at).order_by(HistoryRow.id)))
+    engine.dispose()
+    assert [t.timestamp() for t in stored] == [t.timestamp() for t in times]
+    assert stored[3] - stored[2] == timedelta(hours=1)
 
 
 def test_returning_maps_each_row_to_its_id(db_url: str) -> None:

@@ -564,3 +564,15 @@ def test_to_local_tells_a_dst_zones_repeated_hour_apart() -> None:
     first = datetime(2026, 11, 1, 1, 30, tzinfo=ZoneInfo("America/New_York"))
     assert to_local(first).isoformat() == "2026-11-01T14:30:00+09:00"
     assert to_local(first.replace(fold=1)).isoformat() == "2026-11-01T15:30:00+09:00"
+
+
+def test_format_instant_refuses_a_naive_time_and_tells_fold_apart() -> None:
+    with pytest.raises(InvalidInstant):
+        format_instant(datetime(2026, 11, 30, 8, 30))
+    # memoized by instant and offset: the repeated hour of a DST zone is two instants
+    ny = ZoneInfo("America/New_York")
+    first = datetime(2026, 11, 1, 1, 30, tzinfo=ny)
+    second = first.replace(fold=1)
+    assert first == second  # Python compares wall times of one zone
+    assert format_instant(first) == "2026-11-01T14:30:00+09:00"
+    assert format_instant(second) == "2026-11-01T15:30:00+09:00"
