@@ -140,8 +140,17 @@ class History(Protocol):
 class Outbox(Protocol):
     """Outcomes on their way to the examination side (DESIGN 5)."""
 
-    def add(self, endings: Sequence[Ending], now: datetime) -> list[PendingOutcome]:
-        """One outcome per ending; IntegrityError when a chain already has its outcome."""
+    def add(
+        self, endings: Sequence[Ending], now: datetime, *, booked_until: datetime | None = None
+    ) -> list[PendingOutcome]:
+        """One outcome per ending; IntegrityError when a chain already has its outcome.
+        With ``booked_until``, they are written as sent once at ``now`` (handed to the
+        broker right after the commit), to go again from ``booked_until`` unless
+        confirmed; ``unbook`` takes back the ones whose send failed."""
+        ...
+
+    def unbook(self, outbox_ids: Sequence[int]) -> None:
+        """These booked outcomes were not handed over: never sent again, for the relay."""
         ...
 
     def existing(self, chain_ids: Sequence[str]) -> set[str]:

@@ -342,7 +342,10 @@ class FakeOutbox:
     def __init__(self, tables: FakeTables) -> None:
         self._t = tables
 
-    def add(self, endings: Sequence[Ending], now: datetime) -> list[PendingOutcome]:
+    def add(
+        self, endings: Sequence[Ending], now: datetime, *, booked_until: datetime | None = None
+    ) -> list[PendingOutcome]:
+        booked = booked_until is not None
         chains = {e.chain_id for e in self._t.outbox.values()}
         keys = {e.idempotency_key for e in self._t.outbox.values()}
         rows: list[OutboxEntry] = []
@@ -363,12 +366,15 @@ class FakeOutbox:
                     missing=tuple(sorted_kinds(ending.missing)),
                     decided_at=_utc(ending.decided_at),
                     created_at=_utc(now),
+                    sent_at=_utc(now) if booked else None,
+                    send_count=1 if booked else 0,
+                    next_send_at=_utc(booked_until) if booked_until is not None else None,
                 )
             )
         for row in rows:
             self._t.outbox[row.id] = row
         self._t.next_outbox_id += len(rows)
-        return [r.pending() for r in rows]
+        return [replace(r.pending(), send_count=0) for r in rows]  # sends before this one
 
     def existing(self, chain_ids: Sequence[str]) -> set[str]:
         wanted = set(chain_ids)
@@ -401,6 +407,14 @@ class FakeOutbox:
                     row, sent_at=_utc(now), send_count=row.send_count + 1,
                     next_send_at=None if resend_at is None else _utc(resend_at),
                 )  # fmt: skip
+
+    def unbook(self, outbox_ids: Sequence[int]) -> None:
+        for outbox_id in outbox_ids:
+            row = self._t.outbox.get(outbox_id)
+            if row is not None and row.send_count == 1:
+                self._t.outbox[outbox_id] = replace(
+                    row, sent_at=None, send_count=0, next_send_at=None
+                )
 
     def give_up(self, outbox_ids: Sequence[int], now: datetime) -> None:
         for outbox_id in outbox_ids:

@@ -44,9 +44,13 @@ class SqlOutbox:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def add(self, endings: Sequence[Ending], now: datetime) -> list[PendingOutcome]:
+    def add(
+        self, endings: Sequence[Ending], now: datetime, *, booked_until: datetime | None = None
+    ) -> list[PendingOutcome]:
         if not endings:
             return []
+        sends = 0 if booked_until is None else 1
+        sent_at = None if booked_until is None else now
         keyed = [
             (e, idempotency_key(e.chain_id, e.outcome), sorted_kinds(e.missing)) for e in endings
         ]
@@ -60,8 +64,9 @@ class SqlOutbox:
                 "missing": missing,
                 "decided_at": e.decided_at,
                 "created_at": now,
-                "sent_at": None,
-                "send_count": 0,
+                "sent_at": sent_at,
+                "send_count": sends,
+                "next_send_at": booked_until,
             }
             for e, key, missing in keyed
         ]
@@ -72,6 +77,7 @@ class SqlOutbox:
                 ids = insert_many(self.session, OutboxRow, rows, returning="chain_id")
         except IntegrityError as exc:
             raise DuplicateRecord("one of these chains already has its outcome") from exc
+        # send_count: the sends before this one, as the relay reads it (booked or not)
         return [
             PendingOutcome(
                 id=ids[e.chain_id], chain_id=e.chain_id, idempotency_key=key,
@@ -118,6 +124,18 @@ class SqlOutbox:
                 update(OutboxRow)
                 .where(one_of(self.session, OutboxRow.id, outbox_ids[start : start + IN_CHUNK]))
                 .values(sent_at=now, send_count=OutboxRow.send_count + 1, next_send_at=resend_at)
+                .execution_options(synchronize_session=False)
+            )
+
+    def unbook(self, outbox_ids: Sequence[int]) -> None:
+        for start in range(0, len(outbox_ids), IN_CHUNK):
+            self.session.execute(
+                update(OutboxRow)
+                .where(
+                    one_of(self.session, OutboxRow.id, outbox_ids[start : start + IN_CHUNK]),
+                    OutboxRow.send_count == 1,  # booked, and not sent again since
+                )
+                .values(sent_at=None, send_count=0, next_send_at=None)
                 .execution_options(synchronize_session=False)
             )
 

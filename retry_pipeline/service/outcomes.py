@@ -34,13 +34,18 @@ def ending_line(ending: Ending, now: datetime) -> HistoryEntry:
 def end_chains(deps: Deps, u: UnitOfWork, endings: Sequence[Ending], now: datetime) -> None:
     """R5/R8: delete the records and write the outcomes in this unit; deliver on commit.
 
+    The outcomes are written as sent once (booked): the send follows the commit, so a
+    release of thousands needs no second write to mark them. A send that fails takes
+    its booking back (they go at the relay's next tick); a worker that dies between
+    the commit and the send leaves them booked, and the relay sends them again after
+    RELAY_BACKOFF_MIN, as it does a message the broker lost (docs/reliability.md).
     The caller writes the history lines (``ending_line``), in order with its others.
     """
     if not endings:
         return
     u.chains.delete([e.chain_id for e in endings if e.live])
-    outcomes = u.outbox.add(endings, now)
-    u.after_commit(lambda: deliver(deps, outcomes))
+    outcomes = u.outbox.add(endings, now, booked_until=now + resend_delay(deps, 1))
+    u.after_commit(lambda: deliver(deps, outcomes, booked=True))
 
 
 def resend_delay(deps: Deps, sends: int) -> timedelta:
@@ -51,9 +56,10 @@ def resend_delay(deps: Deps, sends: int) -> timedelta:
     return timedelta(minutes=min(minutes, settings.relay_backoff_max_min))
 
 
-def deliver(deps: Deps, outcomes: Sequence[PendingOutcome]) -> None:
+def deliver(deps: Deps, outcomes: Sequence[PendingOutcome], booked: bool = False) -> None:
     """Hand outcomes to the examination side (one batch of messages); what fails stays
-    for the relay."""
+    for the relay. ``booked``: the outbox has them as sent already (``end_chains``),
+    so only the ones that failed are written, back to never sent."""
     if not outcomes:
         return
     try:
@@ -66,6 +72,10 @@ def deliver(deps: Deps, outcomes: Sequence[PendingOutcome]) -> None:
             "could not deliver %d of %d outcome(s), from %s on; the relay will",
             len(outcomes) - handed, len(outcomes), first,
         )  # fmt: skip
+    if booked:
+        if handed < len(outcomes):
+            _unbook(deps, [o.id for o in outcomes[handed:]])
+        return
     sent: dict[int, list[int]] = {}  # sends after this one -> outbox ids
     for outcome in outcomes[:handed]:
         sent.setdefault(outcome.send_count + 1, []).append(outcome.id)
@@ -74,6 +84,14 @@ def deliver(deps: Deps, outcomes: Sequence[PendingOutcome]) -> None:
         with deps.store.unit() as u:
             for sends, ids in sorted(sent.items()):
                 u.outbox.mark_sent(ids, now, resend_at=now + resend_delay(deps, sends))
+
+
+def _unbook(deps: Deps, ids: list[int]) -> None:
+    try:
+        with deps.store.unit() as u:
+            u.outbox.unbook(ids)
+    except Exception:  # the database too: they go again after the back-off
+        log.exception("could not take back the booking of %d unsent outcome(s)", len(ids))
 
 
 def relay(deps: Deps, limit: int = RELAY_LIMIT) -> int:

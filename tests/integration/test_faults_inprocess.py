@@ -616,7 +616,7 @@ def test_database_cut_between_the_commit_and_its_bookkeeping(
     assert w.truth.attempt_numbers(going.application) == [1, 2, 3, 4]
 
     # 09:30: one slot message decides both; the database goes away while the outcome is
-    # being handed over, before it is marked sent and before the 09:40 countdown is sent.
+    # being handed over, and before the 09:40 countdown is sent.
     w.gateway.then = proxy.stop
     w.at(fri(9, 30))
     w.service.tick()
@@ -626,7 +626,9 @@ def test_database_cut_between_the_commit_and_its_bookkeeping(
     assert w.truth.attempt_numbers(ending.application) == [1, 2, 3, 4, 5, 6]
     assert w.truth.attempt_numbers(going.application) == [1, 2, 3, 4, 5]
     (row,) = w.truth.outbox(ending.application)
-    assert row.sent_at is None  # handed over, but the relay does not know it
+    # booked as sent in the deciding transaction: the send needed no second write, so
+    # the cut cost no bookkeeping (before booking, it was sent again, same key)
+    assert (row.sent_at, row.send_count) == (fri(9, 30, 2), 1)
 
     w.at(fri(9, 35))
     proxy.start()
@@ -706,35 +708,36 @@ def test_relay_killed_between_commit_and_send(
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, out, err.decode())
     assert out.decode().split() == ["DELIVER", key]  # it died inside the send
 
-    # The ending was committed whole: row deleted, history, one outbox row, never sent.
+    # The ending was committed whole: row deleted, history, one outbox row, booked as
+    # sent once at the decision (the send follows the commit), never confirmed.
     assert w.truth.chain(chain_id) is None
     assert w.truth.events(subject.application)[-1] == "auto_corrected"
     (row,) = w.truth.outbox(subject.application)
     assert (row.idempotency_key, row.sent_at, row.send_count, row.confirmed_at) == (
         key,
-        None,
-        0,
+        fri(9, 30, 2),
+        1,
         None,
     )
 
+    # The relay treats it as a message the broker lost: sent again once the back-off
+    # (RELAY_BACKOFF_MIN, 20 minutes) has passed, not before.
     w.at(fri(9, 30, 30))
+    assert w.service.relay() == 0
+    w.at(fri(9, 50, 1))
+    assert w.service.relay() == 0
+    w.at(fri(9, 50, 3))
     assert w.service.relay() == 1
     assert [d.idempotency_key for d in w.gateway.delivered] == [key]
-    w.at(fri(9, 35))
-    assert w.service.relay() == 0  # sent less than a slot ago
-    resent = 0
-    for later in (fri(9, 40, 31), fri(9, 50, 31)):  # not confirmed: again, within two slots
-        w.at(later)
-        resent += w.service.relay()
-    assert resent == 1
-    assert [d.idempotency_key for d in w.gateway.delivered] == [key, key]
+    w.at(fri(10, 0))
+    assert w.service.relay() == 0  # sent again less than its back-off ago
     assert w.service.confirm_outcome(key)
     w.at(fri(10, 30))  # confirmed: never again, however long
     assert w.service.relay() == 0
     w.at(fri(10, 40))
     tick = w.service.tick()
     assert (tick.dispatched, tick.relayed) == ([], 0)
-    assert len(w.gateway.delivered) == 2
+    assert len(w.gateway.delivered) == 1
     assert_ended_once(w.truth, subject, chain_id, Outcome.AUTO_CORRECTED, GRID, w.gateway.delivered)
     (row,) = w.truth.outbox(subject.application)
     assert row.send_count == 2 and row.confirmed_at is not None

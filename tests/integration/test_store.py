@@ -885,6 +885,30 @@ def test_r16_one_outcome_per_chain(store: RetryStore, second: Outcome) -> None:
     assert count(store, OutboxRow) == 1
 
 
+def test_booked_outcomes_wait_for_their_back_off_and_unbook_makes_them_fresh(
+    store: RetryStore,
+) -> None:
+    chains = inserted(store, new_chain(), new_chain(), new_chain())
+    until = NOW + timedelta(minutes=20)
+    with store.unit() as u:
+        booked = u.outbox.add([ending(c) for c in chains], NOW, booked_until=until)
+    assert [p.send_count for p in booked] == [0, 0, 0]  # the sends before this one
+    with store.unit() as u:
+        rows = u.session.scalars(select(OutboxRow).order_by(OutboxRow.id)).all()
+        assert [(r.sent_at, r.send_count, r.next_send_at) for r in rows] == [(NOW, 1, until)] * 3
+        assert u.outbox.pending(10, resend_before=until - timedelta(seconds=1)) == []
+        assert ids_of(u.outbox.pending(10, resend_before=until)) == ids_of(booked)
+        # the first send failed for two; the third was sent again since (not taken back)
+        u.outbox.mark_sent([booked[2].id], LATER)
+        u.outbox.unbook([p.id for p in booked])
+        assert ids_of(u.outbox.pending(10, resend_before=None)) == ids_of(booked[:2])
+        rows = u.session.execute(
+            select(OutboxRow.sent_at, OutboxRow.send_count).order_by(OutboxRow.id)
+        ).all()
+        assert [tuple(r) for r in rows] == [(None, 0), (None, 0), (LATER, 2)]
+        u.outbox.unbook([])
+
+
 def test_outbox_pending_mark_sent_and_resend(store: RetryStore) -> None:
     chains = [new_chain() for _ in range(4)]
     with store.unit() as u:
