@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.cli import main
+from retry_pipeline.cli_checks import BadInput, writable_output
 from retry_pipeline.clock import FileClock, FixedClock
 
 TOKYO = ZoneInfo("Asia/Tokyo")
@@ -274,3 +275,24 @@ def test_output_under_a_file_is_refused_before_a_fault_run(tmp_path: Path) -> No
     result = run(None, "fault-matrix", str(scenario), "--output", str(scenario / "table.md"))
     assert_clean(result)
     assert result.exit_code == 2 and "cannot make its folder" in result.output, result.output
+
+
+def test_output_that_is_a_folder_is_refused_and_nothing_is_left_behind(tmp_path: Path) -> None:
+    result = run(None, "scenario", "post-holiday", "--applications", "2", "--output", str(tmp_path))
+    assert_clean(result)
+    assert result.exit_code == 2 and "is a directory" in result.output, result.output
+    with pytest.raises(BadInput, match="is a folder"):
+        writable_output(str(tmp_path))
+    # a path that can be written is tried for real, and the trial file does not stay
+    target = tmp_path / "later.json"
+    assert writable_output(str(target)) == target
+    assert not target.exists()
+
+
+def test_output_the_file_system_refuses_is_refused_even_for_root(tmp_path: Path) -> None:
+    """``/proc`` refuses new files to every user, root included (os.access does not)."""
+    result = run(
+        None, "scenario", "post-holiday", "--applications", "2", "--output", "/proc/rp-out.json"
+    )
+    assert_clean(result)
+    assert result.exit_code == 2 and "not writable" in result.output, result.output
