@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -82,12 +83,20 @@ def writable_output(output: str) -> Path:
         raise BadInput(f"--output {output}: cannot make its folder ({exc.strerror})") from None
     if path.is_dir():
         raise BadInput(f"--output {output}: is a folder; name a file in it")
-    existed = path.exists()
-    try:  # tried for real: os.access says yes to root whatever the file system says
-        with path.open("a"):
-            pass
+    if path.is_symlink() and not path.exists():
+        raise BadInput(f"--output {output}: a link to nothing")
+    if path.exists() and not path.is_file():
+        raise BadInput(f"--output {output}: not a regular file")
+    # Tried for real (os.access says yes to root whatever the file system says): an
+    # existing file read and written without a change (a command may keep part of it),
+    # a new one made and removed at once, so nothing stays if the run then fails.
+    try:
+        if path.exists():
+            with path.open("r+"):
+                pass
+        else:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            path.unlink()
     except OSError as exc:
         raise BadInput(f"--output {output}: not writable ({exc.strerror})") from None
-    if not existed:
-        path.unlink()  # nothing is left behind if the run then fails
     return path

@@ -103,8 +103,8 @@ class Settings:
             raise ConfigError("DB_*_TIMEOUT_MS must be >= 0 (0: no timeout)")
         if self.relay_backoff_min < 1 or self.relay_backoff_max_min < self.relay_backoff_min:
             raise ConfigError("RELAY_BACKOFF_MIN must be >= 1 and <= RELAY_BACKOFF_MAX_MIN")
-        if self.relay_max_sends < 1:
-            raise ConfigError(f"RELAY_MAX_SENDS must be >= 1, got {self.relay_max_sends}")
+        if self.relay_max_sends < 2:  # the booked first send counts as one
+            raise ConfigError(f"RELAY_MAX_SENDS must be >= 2, got {self.relay_max_sends}")
         if not 1 <= self.report_batch <= 1000:
             raise ConfigError(f"REPORT_BATCH must be 1..1000, got {self.report_batch}")
         if not 1 <= self.report_flush_ms <= 1000:

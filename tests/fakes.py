@@ -411,7 +411,7 @@ class FakeOutbox:
     def unbook(self, outbox_ids: Sequence[int]) -> None:
         for outbox_id in outbox_ids:
             row = self._t.outbox.get(outbox_id)
-            if row is not None and row.send_count == 1:
+            if row is not None and row.send_count == 1 and row.confirmed_at is None:
                 self._t.outbox[outbox_id] = replace(
                     row, sent_at=None, send_count=0, next_send_at=None
                 )

@@ -134,6 +134,7 @@ class SqlOutbox:
                 .where(
                     one_of(self.session, OutboxRow.id, outbox_ids[start : start + IN_CHUNK]),
                     OutboxRow.send_count == 1,  # booked, and not sent again since
+                    OutboxRow.confirmed_at.is_(None),  # it went after all, and was confirmed
                 )
                 .values(sent_at=None, send_count=0, next_send_at=None)
                 .execution_options(synchronize_session=False)

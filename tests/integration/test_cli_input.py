@@ -296,3 +296,19 @@ def test_output_the_file_system_refuses_is_refused_even_for_root(tmp_path: Path)
     )
     assert_clean(result)
     assert result.exit_code == 2 and "not writable" in result.output, result.output
+
+
+def test_output_that_is_a_dangling_link_or_not_a_file_is_refused(tmp_path: Path) -> None:
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "nowhere.json")
+    with pytest.raises(BadInput, match="a link to nothing"):
+        writable_output(str(link))
+    assert link.is_symlink() and not (tmp_path / "nowhere.json").exists()  # left alone
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(BadInput, match="not a regular file"):
+        writable_output(str(fifo))  # refused, never opened (it would block)
+    kept = tmp_path / "kept.md"
+    kept.write_text("hand-written", "utf-8")
+    assert writable_output(str(kept)) == kept
+    assert kept.read_text("utf-8") == "hand-written"  # tried, not truncated

@@ -907,6 +907,14 @@ def test_booked_outcomes_wait_for_their_back_off_and_unbook_makes_them_fresh(
         ).all()
         assert [tuple(r) for r in rows] == [(None, 0), (None, 0), (LATER, 2)]
         u.outbox.unbook([])
+        # a send that raised after the broker took it, and was confirmed at once
+        (late,) = u.outbox.add([ending(new_chain())], NOW, booked_until=until)
+        assert u.outbox.confirm(late.idempotency_key, LATER)
+        u.outbox.unbook([late.id])
+        row = u.session.execute(
+            select(OutboxRow.sent_at, OutboxRow.send_count).where(OutboxRow.id == late.id)
+        ).one()
+        assert tuple(row) == (NOW, 1)  # left as it was
 
 
 def test_outbox_pending_mark_sent_and_resend(store: RetryStore) -> None:

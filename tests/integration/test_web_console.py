@@ -332,7 +332,11 @@ def test_operator_resends_an_unconfirmed_outcome(env: Env) -> None:
     r = client.post(f"/operator/outcomes/{row.id}/resend", data={"csrf_token": token})
     assert r.status_code == 303
     assert [o.application for o in env.recorder.outcomes] == ["OSAKA-RESUMED"]
-    assert env.rows(OutboxRow)[0].send_count == before + 1
+    (after,) = env.rows(OutboxRow)
+    assert after.send_count == before + 1
+    # unconfirmed, it goes again after its back-off, not at the relay's next tick
+    assert after.sent_at is not None and after.next_send_at is not None
+    assert after.next_send_at - after.sent_at >= timedelta(minutes=20)
     assert "再送しました" in client.get("/operator/outcomes").text
 
 

@@ -248,3 +248,11 @@ def test_urls_are_masked(url: str, shown: str) -> None:
 
     assert mask_url(url) == shown
     assert "secret" not in mask_url(url)
+
+
+def test_the_relay_cap_leaves_room_for_a_real_send_after_the_booked_one() -> None:
+    """The deciding transaction books the first send; a cap of 1 would give up on an
+    outcome whose booked send never happened (a worker killed inside it)."""
+    with pytest.raises(ConfigError, match="RELAY_MAX_SENDS must be >= 2"):
+        Settings.from_env({"RETRY_PIPELINE_RELAY_MAX_SENDS": "1"})
+    assert Settings.from_env({"RETRY_PIPELINE_RELAY_MAX_SENDS": "2"}).relay_max_sends == 2

@@ -778,8 +778,9 @@ def test_relay_redelivers_until_confirmed(h: Harness) -> None:
 
 
 def test_a_delivery_that_stops_midway_marks_only_what_went(h: Harness) -> None:
-    """DeliveryFailed(2) of 3: two are marked sent (their back-off starts), the third
-    stays never-sent and goes first at the next relay; nothing is sent twice."""
+    """DeliveryFailed(2) of 3: the two that went stay booked as sent with the decision
+    (their back-off runs), the third's booking is taken back, so it is never-sent and
+    goes first at the next relay; nothing is sent twice."""
     subjects = [continuous() for _ in range(3)]
     h.gateway.stop_after = 2
     h.at(jst(27, 8, 36, 5))

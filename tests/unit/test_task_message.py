@@ -42,20 +42,24 @@ def _app(**conf: Any) -> Celery:
     return app
 
 
-def _celery_sends(app: Celery, task_id: str, retry: bool) -> tuple[Any, dict[str, Any]]:
+def _celery_sends(
+    app: Celery, task_id: str, retry: bool, declare_each: bool = False
+) -> tuple[Any, dict[str, Any]]:
     message = app.amqp.create_task_message(
         task_id, NAME, (), BODY, create_sent_event=False, ignore_result=True,
         argsrepr="()", kwargsrepr=repr(BODY)[:KWARGSREPR_MAX],
     )  # fmt: skip
     producer = Recorder()
-    app.amqp.send_task_message(producer, NAME, message, queue=QUEUE, declare=[], retry=retry)
+    # a batch declares the queue once, before; a single message as send_task does
+    declare = {} if declare_each else {"declare": []}
+    app.amqp.send_task_message(producer, NAME, message, queue=QUEUE, retry=retry, **declare)
     return producer.published[0]
 
 
-def _ours(app: Celery, retry: bool | None) -> tuple[Recorder, str]:
+def _ours(app: Celery, retry: bool | None, declare_each: bool = False) -> tuple[Recorder, str]:
     producer = Recorder()
-    task_id = TaskPublisher(app, producer, QUEUE, retry)(NAME, BODY)
-    return producer, task_id
+    publish = TaskPublisher(app, producer, QUEUE, retry, declare_each=declare_each)
+    return producer, publish(NAME, BODY)
 
 
 CONFS = [
@@ -68,11 +72,14 @@ CONFS = [
 
 @pytest.mark.parametrize("conf", CONFS)
 @pytest.mark.parametrize("retry", [True, False])
-def test_the_same_message_and_options_as_celerys_own(conf: dict[str, Any], retry: bool) -> None:
+@pytest.mark.parametrize("declare_each", [False, True], ids=["batch", "single"])
+def test_the_same_message_and_options_as_celerys_own(
+    conf: dict[str, Any], retry: bool, declare_each: bool
+) -> None:
     app = _app(**conf)
-    producer, task_id = _ours(app, retry)
+    producer, task_id = _ours(app, retry, declare_each)
     body, options = producer.published[0]
-    want_body, want = _celery_sends(app, task_id, retry)
+    want_body, want = _celery_sends(app, task_id, retry, declare_each)
     assert body == want_body
     # Celery also passes the timeouts (None: the transport's own) and lets kombu route
     want = {k: v for k, v in want.items() if k not in ("timeout", "confirm_timeout")}
@@ -97,3 +104,12 @@ def test_each_message_its_own_id_and_the_queue_declared_once() -> None:
     assert [o["correlation_id"] for _, o in producer.published] == ids
     assert [q.name for q in producer.declared] == [QUEUE]
     assert len(producer.published[0][1]["headers"]["kwargsrepr"]) == KWARGSREPR_MAX
+
+
+def test_each_publish_gets_a_declare_list_of_its_own() -> None:
+    producer = Recorder()
+    publish = TaskPublisher(_app(), producer, QUEUE, declare_each=True)
+    publish(NAME, BODY)
+    producer.published[0][1]["declare"].append("kombu appended this")
+    publish(NAME, BODY)
+    assert [q.name for q in producer.published[1][1]["declare"]] == [QUEUE]
