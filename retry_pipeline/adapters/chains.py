@@ -32,8 +32,12 @@ def _kinds(values: Iterable[str]) -> frozenset[CertificateKind]:
     return frozenset(CertificateKind(v) for v in values)
 
 
-def to_chain(row: ChainRow) -> Chain:
-    """The core's view of a retry-table row."""
+_TABLE = ChainRow.__table__
+_C = _TABLE.c
+
+
+def to_chain(row: Any) -> Chain:
+    """The core's view of a retry-table row (an ORM object or a plain row)."""
     subject = Application(
         application=row.application,
         office=row.office,
@@ -86,37 +90,39 @@ class SqlChains:
         self._locking = session.get_bind().dialect.name != "sqlite"
 
     def _rows(self, stmt: Any, *, lock: bool = False, skip_locked: bool = False) -> list[Chain]:
-        stmt = stmt.execution_options(populate_existing=True)  # after our own UPDATEs
+        """Chains from ``stmt`` over ``_TABLE``: plain rows (no ORM objects to build and
+        track: a slot claims thousands, and the writes are set-based statements), always
+        as the database has them now."""
         if lock and self._locking:  # SQLite: the transaction already holds the write lock
             stmt = stmt.with_for_update(skip_locked=skip_locked)
-        return [to_chain(r) for r in self.session.scalars(stmt)]
+        return [to_chain(r) for r in self.session.execute(stmt)]
 
     def get(self, chain_id: str) -> Chain | None:
-        found = self._rows(select(ChainRow).where(ChainRow.chain_id == chain_id))
+        found = self._rows(select(_TABLE).where(_C.chain_id == chain_id))
         return found[0] if found else None
 
     def of_applications(self, applications: Sequence[str], *, lock: bool) -> dict[str, Chain]:
         out: dict[str, Chain] = {}
         for part in _chunks(sorted(set(applications))):  # sorted: locks in one order
-            stmt = select(ChainRow).where(one_of(self.session, ChainRow.application, part))
+            stmt = select(_TABLE).where(one_of(self.session, _C.application, part))
             if lock:  # LockRows above the sort: rows locked in this order whatever the plan
-                stmt = stmt.order_by(ChainRow.application)
+                stmt = stmt.order_by(_C.application)
             out.update((c.subject.application, c) for c in self._rows(stmt, lock=lock))
         return out
 
     def of_office(self, office: str | None, application: str | None = None) -> list[Chain]:
-        stmt = select(ChainRow)
+        stmt = select(_TABLE)
         if office is not None:
-            stmt = stmt.where(ChainRow.office == office)
+            stmt = stmt.where(_C.office == office)
         if application is not None:
-            stmt = stmt.where(ChainRow.application == application)
-        return self._rows(stmt.order_by(ChainRow.detected_at, ChainRow.chain_id))
+            stmt = stmt.where(_C.application == application)
+        return self._rows(stmt.order_by(_C.detected_at, _C.chain_id))
 
     def due(self, now: datetime, limit: int) -> list[Chain]:
         stmt = (
-            select(ChainRow)
-            .where(ChainRow.next_slot <= now)
-            .order_by(ChainRow.next_slot, ChainRow.chain_id)
+            select(_TABLE)
+            .where(_C.next_slot <= now)
+            .order_by(_C.next_slot, _C.chain_id)
             .limit(limit)
         )
         return self._rows(stmt)
@@ -124,15 +130,13 @@ class SqlChains:
     def slotted_between(self, start: datetime, end: datetime) -> list[Chain]:
         # SKIP LOCKED: a row another session holds (a running batch, a stuck transaction)
         # is parked by the next tick instead of stalling this one (issue 12).
-        stmt = select(ChainRow).where(ChainRow.next_slot >= start, ChainRow.next_slot < end)
-        return self._rows(
-            stmt.order_by(ChainRow.next_slot, ChainRow.chain_id), lock=True, skip_locked=True
-        )
+        stmt = select(_TABLE).where(_C.next_slot >= start, _C.next_slot < end)
+        return self._rows(stmt.order_by(_C.next_slot, _C.chain_id), lock=True, skip_locked=True)
 
     def claim(self, slot: datetime, limit: int) -> list[Chain]:
         # No ORDER BY: the next_slot index hands out the rest without a sort. SKIP LOCKED:
         # parallel batches of one slot split the work instead of waiting for each other.
-        stmt = select(ChainRow).where(ChainRow.next_slot == slot).limit(limit)
+        stmt = select(_TABLE).where(_C.next_slot == slot).limit(limit)
         return self._rows(stmt, lock=True, skip_locked=True)
 
     def waiting(self, slot: datetime) -> int:
