@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -29,7 +30,12 @@ IN_CHUNK = 500  # ids per IN (...) list
 
 
 def _kinds(values: Iterable[str]) -> frozenset[CertificateKind]:
-    return frozenset(CertificateKind(v) for v in values)
+    return _kinds_of(tuple(values))
+
+
+@functools.lru_cache(maxsize=64)  # a handful of combinations of three kinds
+def _kinds_of(values: tuple[str, ...]) -> frozenset[CertificateKind]:
+    return frozenset(CertificateKind(v) for v in values)  # ValueError on an unknown kind
 
 
 _TABLE = ChainRow.__table__
