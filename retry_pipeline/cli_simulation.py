@@ -232,8 +232,8 @@ _DATE = click.option(
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Default: stdout.")
 def post_holiday(applications: int, seed: int, day: datetime | None, output: str | None) -> None:
     """A post-holiday morning: linkage backlog, capped batches; same seed, same bytes."""
+    text = _post_holiday_json(applications, seed, day)  # --date refused before any folder
     target = writable_output(output) if output else None
-    text = _post_holiday_json(applications, seed, day)
     if target is None:
         click.echo(text, nl=False)
     else:

@@ -312,3 +312,14 @@ def test_output_that_is_a_dangling_link_or_not_a_file_is_refused(tmp_path: Path)
     kept.write_text("hand-written", "utf-8")
     assert writable_output(str(kept)) == kept
     assert kept.read_text("utf-8") == "hand-written"  # tried, not truncated
+
+
+def test_a_bad_date_is_refused_before_the_output_folder_is_made(tmp_path: Path) -> None:
+    folder = tmp_path / "not" / "yet"
+    result = run(
+        None, "scenario", "post-holiday", "--applications", "2", "--date", "2026-05-03",
+        "--output", str(folder / "s.json"),
+    )  # fmt: skip
+    assert_clean(result)
+    assert result.exit_code == 2 and "--date" in result.output, result.output
+    assert not (tmp_path / "not").exists()
