@@ -127,8 +127,8 @@ class TaskPublisher:
     default exchange with the queue's name as routing key. It skips that function's
     per-call routing, option merging and the ``before_task_publish`` /
     ``after_task_publish`` signals (a tracing hook on them sees no outcome), and
-    Celery's ``saferepr``: the relay and the 08:30 release send thousands, and that machinery
-    cost about a third of each message (issue 11).
+    Celery's ``saferepr``: the relay and the 08:30 release send thousands, and that
+    machinery cost about a third of each message (issue 11).
     """
 
     def __init__(

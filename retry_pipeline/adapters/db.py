@@ -136,15 +136,15 @@ def _bound(
     """The rows with each decorated column's value through its ``process_bind_param``
     (and an instant on to its JSON text), once per value object: a batch's rows share
     their few instants (the slot, now), and a pendulum time's conversion to UTC is
-    Python. By identity, not equality: two
-    datetimes of one zone that differ only in ``fold`` are equal but not one instant."""
+    Python. By identity, not equality: two datetimes of one zone that differ only in
+    ``fold`` are equal but not one instant."""
     done: dict[tuple[str, int], Any] = {}
 
     def bound(name: str, kind: TypeDecorator[Any], value: Any) -> Any:
         key = (name, id(value))
         if key not in done:
-            bound = kind.process_bind_param(value, dialect)
-            done[key] = _json_value(bound) if isinstance(bound, date) else bound
+            converted = kind.process_bind_param(value, dialect)
+            done[key] = _json_value(converted) if isinstance(converted, date) else converted
         return done[key]
 
     return [{**row, **{n: bound(n, k, row[n]) for n, k in decorated}} for row in rows]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -119,33 +120,31 @@ class SqlOutbox:
     def mark_sent(
         self, outbox_ids: Sequence[int], now: datetime, *, resend_at: datetime | None = None
     ) -> None:
-        for start in range(0, len(outbox_ids), IN_CHUNK):
-            self.session.execute(
-                update(OutboxRow)
-                .where(one_of(self.session, OutboxRow.id, outbox_ids[start : start + IN_CHUNK]))
-                .values(sent_at=now, send_count=OutboxRow.send_count + 1, next_send_at=resend_at)
-                .execution_options(synchronize_session=False)
-            )
+        self._update(
+            outbox_ids, sent_at=now, send_count=OutboxRow.send_count + 1, next_send_at=resend_at
+        )
 
     def unbook(self, outbox_ids: Sequence[int]) -> None:
-        for start in range(0, len(outbox_ids), IN_CHUNK):
-            self.session.execute(
-                update(OutboxRow)
-                .where(
-                    one_of(self.session, OutboxRow.id, outbox_ids[start : start + IN_CHUNK]),
-                    OutboxRow.send_count == 1,  # booked, and not sent again since
-                    OutboxRow.confirmed_at.is_(None),  # it went after all, and was confirmed
-                )
-                .values(sent_at=None, send_count=0, next_send_at=None)
-                .execution_options(synchronize_session=False)
-            )
+        self._update(
+            outbox_ids,
+            OutboxRow.send_count == 1,  # booked, and not sent again since
+            OutboxRow.confirmed_at.is_(None),  # it went after all, and was confirmed
+            sent_at=None, send_count=0, next_send_at=None,
+        )  # fmt: skip
 
     def give_up(self, outbox_ids: Sequence[int], now: datetime) -> None:
+        self._update(outbox_ids, gave_up_at=now, next_send_at=None)
+
+    def _update(
+        self, outbox_ids: Sequence[int], *where: ColumnElement[bool], **values: Any
+    ) -> None:
+        """``values`` on these rows (and ``where``), one statement per IN_CHUNK ids."""
         for start in range(0, len(outbox_ids), IN_CHUNK):
+            part = outbox_ids[start : start + IN_CHUNK]
             self.session.execute(
                 update(OutboxRow)
-                .where(one_of(self.session, OutboxRow.id, outbox_ids[start : start + IN_CHUNK]))
-                .values(gave_up_at=now, next_send_at=None)
+                .where(one_of(self.session, OutboxRow.id, part), *where)
+                .values(**values)
                 .execution_options(synchronize_session=False)
             )
 

@@ -76,14 +76,21 @@ def deliver(deps: Deps, outcomes: Sequence[PendingOutcome], booked: bool = False
         if handed < len(outcomes):
             _unbook(deps, [o.id for o in outcomes[handed:]])
         return
-    sent: dict[int, list[int]] = {}  # sends after this one -> outbox ids
-    for outcome in outcomes[:handed]:
-        sent.setdefault(outcome.send_count + 1, []).append(outcome.id)
-    if sent:
-        now = deps.clock.now()
+    if handed:
         with deps.store.unit() as u:
-            for sends, ids in sorted(sent.items()):
-                u.outbox.mark_sent(ids, now, resend_at=now + resend_delay(deps, sends))
+            record_sent(deps, u, outcomes[:handed], deps.clock.now())
+
+
+def record_sent(
+    deps: Deps, u: UnitOfWork, outcomes: Sequence[PendingOutcome], now: datetime
+) -> None:
+    """These outcomes were handed over once more at ``now``: unconfirmed, each may go
+    again after the back-off of its number of sends (the relay's and an operator's)."""
+    sent: dict[int, list[int]] = {}  # sends after this one -> outbox ids
+    for outcome in outcomes:
+        sent.setdefault(outcome.send_count + 1, []).append(outcome.id)
+    for sends, ids in sorted(sent.items()):
+        u.outbox.mark_sent(ids, now, resend_at=now + resend_delay(deps, sends))
 
 
 def _unbook(deps: Deps, ids: list[int]) -> None:

@@ -12,7 +12,7 @@ from retry_pipeline.adapters.outbox import pending_outcome
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.errors import InvalidReport
 from retry_pipeline.messages import parse_report
-from retry_pipeline.service.outcomes import resend_delay
+from retry_pipeline.service.outcomes import record_sent
 from retry_pipeline.service.pipeline import Pipeline
 from retry_pipeline.web.queries import REPLAYABLE_TASKS
 
@@ -101,8 +101,6 @@ def resend_outcome(service: Pipeline, outbox_id: int) -> ActionResult:
         log.exception("could not resend %s", outcome.idempotency_key, extra=extra)
         return ActionResult(False, "送信できませんでした（後ほど自動で再送されます）")
     with _sql(service).unit() as u:
-        now = service.clock.now()  # unconfirmed, it goes again after its back-off
-        sends = outcome.send_count + 1
-        u.outbox.mark_sent([outcome.id], now, resend_at=now + resend_delay(service.deps, sends))
+        record_sent(service.deps, u, [outcome], service.clock.now())
     log.info("outcome %s resent by an operator", outcome.idempotency_key, extra=extra)
     return ActionResult(True, f"{outcome.application} の結果を再送しました")
