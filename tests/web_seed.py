@@ -21,7 +21,12 @@ from retry_pipeline.calendar import BusinessCalendar
 from retry_pipeline.clock import FixedClock
 from retry_pipeline.config import Settings
 from retry_pipeline.messages import parse_report
-from retry_pipeline.model import InsuranceCertificate, PendingOutcome, SafetyCertificate
+from retry_pipeline.model import (
+    InsuranceCertificate,
+    PendingOutcome,
+    PendingReceipt,
+    SafetyCertificate,
+)
 from retry_pipeline.service.pipeline import Pipeline
 
 TOKYO = ZoneInfo("Asia/Tokyo")
@@ -36,12 +41,16 @@ class Recorder:
 
     slots: list[datetime] = field(default_factory=list)
     outcomes: list[PendingOutcome] = field(default_factory=list)
+    receipts: list[PendingReceipt] = field(default_factory=list)
 
     def send_slot(self, slot: datetime) -> None:
         self.slots.append(slot)
 
     def deliver(self, outcomes: Sequence[PendingOutcome]) -> None:
         self.outcomes.extend(outcomes)
+
+    def deliver_receipt(self, receipt: PendingReceipt) -> None:
+        self.receipts.append(receipt)
 
 
 def message(application: str, office: str, kind: str, at: datetime) -> dict[str, object]:
