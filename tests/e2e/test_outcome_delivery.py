@@ -2,8 +2,9 @@
 
 ``CeleryExaminationGateway.deliver`` publishes one ordinary Celery task message per
 outcome (the examination side's contract, DESIGN 5) through one producer; on Redis
-they go in one pipelined round trip (kombu's ``Producer.batch``). What the examination
-worker receives is read back here with kombu, as a worker would.
+they are written in one round trip (``RedisTaskWire``: kombu's bytes, many to an LPUSH),
+on RabbitMQ kombu publishes each. What the examination worker receives is read back
+here with kombu, as a worker would.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from celery import Celery
 from kombu import Connection, Consumer, Queue
 
 from retry_pipeline.adapters.celery_io import CeleryExaminationGateway, outcome_message
+from retry_pipeline.adapters.redis_wire import wire_for
 from retry_pipeline.config import Settings
 from retry_pipeline.errors import DeliveryFailed
 from retry_pipeline.model import Outcome, PendingOutcome
@@ -80,10 +82,13 @@ def test_every_outcome_is_one_examination_task_in_order(any_broker: str) -> None
     assert first["kwargsrepr"].startswith("{'application': 'D-0'")
 
 
-def test_redis_batches_and_rabbitmq_publishes_one_by_one(any_broker: str) -> None:
-    gateway, _queue = _gateway(any_broker)
+def test_redis_takes_the_wire_and_rabbitmq_publishes_one_by_one(any_broker: str) -> None:
+    gateway, queue = _gateway(any_broker)
+    on_redis = any_broker.startswith("redis")
     with gateway.app.producer_or_acquire() as producer:
-        assert producer.supports_batch_publish is any_broker.startswith("redis")
+        assert producer.supports_batch_publish is on_redis
+        wire = wire_for(gateway.app, producer, gateway.app.amqp.queues[queue])
+        assert (wire is not None) is on_redis
 
 
 def test_a_broker_that_cannot_be_reached_raises_delivery_failed() -> None:

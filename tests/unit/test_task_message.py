@@ -15,7 +15,7 @@ import pytest
 from celery import Celery
 from kombu import Exchange, Queue
 
-from retry_pipeline.adapters.celery_io import KWARGSREPR_MAX, TaskPublisher
+from retry_pipeline.adapters.task_message import KWARGSREPR_MAX, TaskPublisher
 
 QUEUE = "examination"
 NAME = "examination.auto_correct"

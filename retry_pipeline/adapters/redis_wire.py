@@ -1,0 +1,173 @@
+"""Task messages written onto kombu's Redis transport as that transport writes them,
+many to one ``LPUSH``: the outcomes of the 08:30 release (issue 11).
+
+Why: the release ends thousands of chains at the opening, and each ending is one outcome
+task. Through kombu, each message is serialized, wrapped in the transport's envelope,
+given a delivery tag, serialized again as a whole and pushed with a Redis command of its
+own: about 45 µs a message on this machine, the largest part of a released chain's
+cost. Here the envelope's constant parts are serialized once per task name, each
+message fills in its own strings (body, id, ``kwargsrepr``, delivery tag), and a batch
+goes as one ``LPUSH`` per thousand messages in one round trip: about a quarter of that.
+
+The bytes are kombu's own (``tests/integration/test_redis_wire.py`` compares them, byte for
+byte but for the random ids, with what ``Producer.publish`` writes) and a Celery worker
+reads them like any other. It is used only where kombu would do nothing else per
+message: its Redis transport (not Sentinel's subclasses' extra routing either way: the
+queue is on the same server), the body base64, no global key prefix, the app's JSON
+serializer without compression, priority 0 and a queue without expiry. Anywhere else
+``wire_for`` answers ``None`` and ``TaskPublisher`` sends through kombu.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Callable, Iterable, Sequence
+from json.encoder import encode_basestring_ascii as as_json  # what json.dumps writes a str as
+from typing import Any
+
+from celery.utils.nodenames import anon_nodename
+from kombu import entity, serialization
+from kombu.transport.redis import Channel as RedisChannel
+from kombu.utils import json as kombu_json
+
+from retry_pipeline.adapters.task_message import EMBED, KWARGSREPR_MAX, task_headers
+
+LPUSH_MAX = 1000  # messages per LPUSH command (kombu's batch size, in commands)
+_SLOT = "\ue000{}\ue000"  # a private-use marker: stands for a per-message string
+
+# kombu's own functions (untyped there): its serializer registry, its JSON, its modes
+serialize: Callable[..., tuple[str, str, str | bytes]] = serialization.dumps
+json_dumps: Callable[[Any], str] = kombu_json.dumps
+maybe_delivery_mode: Callable[[Any], int] = entity.maybe_delivery_mode
+
+
+def uuid4_strings(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs as strings, from one read of the OS's random bytes:
+    what ``str(uuid.uuid4())`` gives, at a fraction of its cost per id."""
+    raw = bytearray(os.urandom(16 * n))
+    out = []
+    for i in range(0, 16 * n, 16):
+        raw[i + 6] = (raw[i + 6] & 0x0F) | 0x40  # version 4
+        raw[i + 8] = (raw[i + 8] & 0x3F) | 0x80  # RFC 4122 variant
+        h = raw[i : i + 16].hex()
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out
+
+
+class RedisTaskWire:
+    """Writes task messages (sent by name, keyword arguments only) to one queue."""
+
+    FIELDS = ("body", "id", "kwargsrepr", "tag")
+
+    def __init__(self, app: Any, channel: RedisChannel, queue: Any, origin: str) -> None:
+        conf = app.conf
+        self.channel = channel
+        self.queue = queue.name
+        self.origin = origin
+        self.serializer = conf.task_serializer
+        self.delivery_mode = maybe_delivery_mode(
+            queue.exchange.delivery_mode or conf.task_default_delivery_mode
+        )
+        self.content_type, self.content_encoding, _ = serialize({}, serializer=self.serializer)
+        self._templates: dict[str, tuple[list[str], list[int]]] = {}
+
+    def _template(self, name: str) -> tuple[list[str], list[int]]:
+        """The envelope of task ``name`` serialized once, cut where the per-message
+        strings go: (the fixed pieces, which field fills each gap)."""
+        known = self._templates.get(name)
+        if known is not None:
+            return known
+        mark = {f: _SLOT.format(f) for f in self.FIELDS}
+        envelope = {  # the dict kombu's virtual channel builds (prepare_message, then
+            # _inplace_augment_message), key for key in its order
+            "body": mark["body"],
+            "content-encoding": self.content_encoding,
+            "content-type": self.content_type,
+            "headers": task_headers(mark["id"], name, mark["kwargsrepr"], self.origin),
+            "properties": {
+                "correlation_id": mark["id"],
+                "reply_to": "",
+                "delivery_mode": self.delivery_mode,
+                "delivery_info": {"exchange": "", "routing_key": self.queue},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": mark["tag"],
+            },
+        }
+        text = json_dumps(envelope)  # as kombu's Redis channel serializes it
+        pieces, order = [], []
+        quoted = {as_json(m): i for i, m in enumerate(mark.values())}
+        rest = text
+        while True:
+            at = [(rest.find(q), q) for q in quoted if q in rest]
+            if not at:
+                pieces.append(rest)
+                break
+            pos, q = min(at)
+            pieces.append(rest[:pos])
+            order.append(quoted[q])
+            rest = rest[pos + len(q) :]
+        self._templates[name] = (pieces, order)
+        return pieces, order
+
+    def encode(self, name: str, kwargs: dict[str, Any], task_id: str, tag: str) -> str:
+        """One message as the Redis list holds it."""
+        _, _, body = serialize(((), kwargs, EMBED), serializer=self.serializer)
+        raw = body if isinstance(body, bytes) else body.encode(self.content_encoding)
+        values = (
+            as_json(base64.b64encode(raw).decode()),
+            as_json(task_id),
+            as_json(repr(kwargs)[:KWARGSREPR_MAX]),
+            as_json(tag),
+        )
+        pieces, order = self._template(name)
+        parts = [pieces[0]]
+        for field, piece in zip(order, pieces[1:], strict=True):
+            parts.append(values[field])
+            parts.append(piece)
+        return "".join(parts)
+
+    def push(self, messages: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+        """Writes ``(task name, kwargs)`` messages in order, in one round trip (a failure
+        raises: none of them, or only the first thousands, may have gone). Returns the
+        task ids."""
+        n = len(messages)
+        ids = uuid4_strings(2 * n)
+        task_ids, tags = ids[:n], ids[n:]
+        encoded = [
+            self.encode(name, kwargs, task_id, tag)
+            for (name, kwargs), task_id, tag in zip(messages, task_ids, tags, strict=True)
+        ]
+        with self.channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            for chunk in _chunks(encoded, LPUSH_MAX):
+                pipe.lpush(self.queue, *chunk)  # the list's head: read from its tail, in order
+            pipe.execute()
+        return task_ids
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for first in range(0, len(items), size):
+        yield items[first : first + size]
+
+
+def wire_for(app: Any, producer: Any, queue: Any) -> RedisTaskWire | None:
+    """A wire for ``queue`` on the producer's channel, or ``None`` when kombu must send
+    (another transport, serializer, compression, encoding, priority or an expiring
+    queue: anything the wire does not write as kombu would)."""
+    channel = producer.channel
+    conf = app.conf
+    plain = (
+        isinstance(channel, RedisChannel)
+        and channel.body_encoding == "base64"
+        and not getattr(channel, "global_keyprefix", "")
+        and not channel.default_priority
+        and conf.task_serializer == "json"
+        and not conf.task_compression
+        and queue.expires is None
+        and not (queue.queue_arguments or {}).get("x-expires")
+        and not queue.max_priority
+    )
+    if not plain:
+        return None
+    return RedisTaskWire(app, channel, queue, anon_nodename())
