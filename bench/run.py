@@ -3,9 +3,9 @@
 Every figure is measured in this one run, with one private redis-server and one
 private database (PostgreSQL by default: ``TEST_POSTGRES_URL``, else the local server;
 ``--sqlite`` or ``BENCH_DB=sqlite`` for a SQLite file), so ratios compare like with
-like; the short figures (seconds long) three times (the surge and release of 10,000 in five
-pairs, in turns), the median kept. The main worker
-is one Celery node, prefork with two processes. ``scale_out`` works one slot with one
+like; the short figures (seconds long) three times (the surge and release of 10,000 in
+five pairs, in turns), the median kept. The main worker is one Celery node, prefork
+with two processes. ``scale_out`` works one slot with one
 node of one process, then two nodes (different node names) of one process each.
 Writes bench/results.json and prints a table. Nothing asserts.
 """
