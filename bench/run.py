@@ -330,8 +330,7 @@ def main() -> None:
             # each pair shares the host's moment (its speed moved ±30 % within minutes).
             say(f"surge of {mid} chains and release of {mid} parked at 08:30, in turns ...")
             pairs = [
-                (bench.surge(mid), bench.surge(mid, RELEASE, Phase.NEXT_DAY))
-                for _ in range(PAIRS)
+                (bench.surge(mid), bench.surge(mid, RELEASE, Phase.NEXT_DAY)) for _ in range(PAIRS)
             ]
             for surge, release in pairs:
                 say(f"  surge {surge}\n  release {release}")

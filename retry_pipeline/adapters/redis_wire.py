@@ -4,18 +4,18 @@ many to one ``LPUSH``: the outcomes of the 08:30 release (issue 11).
 Why: the release ends thousands of chains at the opening, and each ending is one outcome
 task. Through kombu, each message is serialized, wrapped in the transport's envelope,
 given a delivery tag, serialized again as a whole and pushed with a Redis command of its
-own: about 45 µs a message on this machine, the largest part of a released chain's
+own: about 44 µs a message on this machine, the largest part of a released chain's
 cost. Here the envelope's constant parts are serialized once per task name, each
 message fills in its own strings (body, id, ``kwargsrepr``, delivery tag), and a batch
-goes as one ``LPUSH`` per thousand messages in one round trip: about a quarter of that.
+goes as one ``LPUSH`` per thousand messages in one round trip: about 19 µs a message.
 
-The bytes are kombu's own (``tests/integration/test_redis_wire.py`` compares them, byte for
-byte but for the random ids, with what ``Producer.publish`` writes) and a Celery worker
-reads them like any other. It is used only where kombu would do nothing else per
-message: its Redis transport (not Sentinel's subclasses' extra routing either way: the
-queue is on the same server), the body base64, no global key prefix, the app's JSON
-serializer without compression, priority 0 and a queue without expiry. Anywhere else
-``wire_for`` answers ``None`` and ``TaskPublisher`` sends through kombu.
+The bytes are kombu's own (``tests/integration/test_redis_wire.py`` compares them, byte
+for byte but for the random ids, with what ``Producer.publish`` writes) and a Celery
+worker reads them like any other. The wire is used only where kombu would do nothing
+else per message: its Redis transport (Sentinel's channel included: the same command
+goes to the master), the body base64, no global key prefix, the app's JSON serializer
+without compression, priority 0 and a queue without expiry. Anywhere else ``wire_for``
+answers ``None`` and ``TaskPublisher`` sends through kombu.
 """
 
 from __future__ import annotations
