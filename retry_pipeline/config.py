@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, time
@@ -12,6 +13,7 @@ from retry_pipeline.errors import ConfigError
 
 PREFIX = "RETRY_PIPELINE_"
 TIMEZONE = "Asia/Tokyo"  # every rule is read in Japan time (no daylight saving)
+TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")  # a Celery task name, plainly
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,13 @@ class Settings:
             raise ConfigError(f"REPORT_BATCH must be 1..1000, got {self.report_batch}")
         if not 1 <= self.report_flush_ms <= 1000:
             raise ConfigError(f"REPORT_FLUSH_MS must be 1..1000, got {self.report_flush_ms}")
+        for key, task in (("RESUME_TASK", self.resume_task),
+                          ("AUTO_CORRECT_TASK", self.auto_correct_task),
+                          ("REPORT_RECEIVED_TASK", self.report_received_task)):  # fmt: skip
+            if not TASK_NAME.fullmatch(task):
+                raise ConfigError(
+                    f"{key} must be a task name (ASCII letters, digits and . _ : -), got {task!r}"
+                )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -72,9 +72,12 @@ class CeleryExaminationGateway:
         On kombu's Redis transport they are written as one round trip (``RedisTaskWire``:
         kombu's bytes, many to an LPUSH), with no per-message publish retry (a failed
         write raises; the relay sends them again). Where the wire does not apply
-        (RabbitMQ, signing, compression) kombu publishes them, batched where the
-        transport batches (``Producer.batch``); a transport without batches publishes
-        each at once, with Celery's retry policy, so a failure can say how many went."""
+        (RabbitMQ, signing or another serializer, compression, an expiring queue, a key
+        prefix: ``wire_for``) kombu publishes them, batched where the transport batches
+        (``Producer.batch``); a transport without batches publishes each at once, with
+        Celery's retry policy, so a failure can say how many went."""
+        if not outcomes:
+            return
         s = self.settings
         named = [
             (s.resume_task if o.outcome is Outcome.RESUMED else s.auto_correct_task, o)
@@ -84,9 +87,8 @@ class CeleryExaminationGateway:
         with self.app.producer_or_acquire() as producer:
             try:
                 queue = self.app.amqp.queues[s.examination_queue]
-                wire = wire_for(self.app, producer, queue)
+                wire = wire_for(self.app, producer, queue)  # declares the queue
                 if wire is not None:
-                    producer.maybe_declare(queue)
                     wire.push([(name, outcome_message(o)) for name, o in named])
                     return
                 # asked of the open channel, as Producer.batch itself decides

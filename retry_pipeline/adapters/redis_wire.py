@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from json.encoder import encode_basestring_ascii as as_json  # what json.dumps writes a str as
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 from celery.utils.nodenames import anon_nodename
 from kombu import entity, serialization
 from kombu.transport.redis import Channel as RedisChannel
+from kombu.utils import encoding
 from kombu.utils import json as kombu_json
 
 from retry_pipeline.adapters.task_message import EMBED, KWARGSREPR_MAX, task_headers
@@ -40,6 +42,7 @@ _SLOT = "\ue000{}\ue000"  # a private-use marker: stands for a per-message strin
 serialize: Callable[..., tuple[str, str, str | bytes]] = serialization.dumps
 json_dumps: Callable[[Any], str] = kombu_json.dumps
 maybe_delivery_mode: Callable[[Any], int] = entity.maybe_delivery_mode
+str_to_bytes: Callable[[str | bytes], bytes] = encoding.str_to_bytes
 
 
 def uuid4_strings(n: int) -> list[str]:
@@ -59,11 +62,14 @@ class RedisTaskWire:
     """Writes task messages (sent by name, keyword arguments only) to one queue."""
 
     FIELDS = ("body", "id", "kwargsrepr", "tag")
+    # where they stand in the envelope: body; id, root_id, kwargsrepr; correlation_id, tag
+    SHAPE = (0, 1, 1, 2, 1, 3)
 
-    def __init__(self, app: Any, channel: RedisChannel, queue: Any, origin: str) -> None:
+    def __init__(self, app: Any, channel: Any, queue: Any, origin: str) -> None:
         conf = app.conf
         self.channel = channel
         self.queue = queue.name
+        self.key = channel._q_for_pri(queue.name, 0)  # the list kombu pushes priority 0 to
         self.origin = origin
         self.serializer = conf.task_serializer
         self.delivery_mode = maybe_delivery_mode(
@@ -96,27 +102,19 @@ class RedisTaskWire:
             },
         }
         text = json_dumps(envelope)  # as kombu's Redis channel serializes it
-        pieces, order = [], []
         quoted = {as_json(m): i for i, m in enumerate(mark.values())}
-        rest = text
-        while True:
-            at = [(rest.find(q), q) for q in quoted if q in rest]
-            if not at:
-                pieces.append(rest)
-                break
-            pos, q = min(at)
-            pieces.append(rest[:pos])
-            order.append(quoted[q])
-            rest = rest[pos + len(q) :]
+        cut = re.split("(" + "|".join(map(re.escape, quoted)) + ")", text)
+        pieces, order = cut[0::2], [quoted[q] for q in cut[1::2]]
+        if tuple(order) != self.SHAPE:  # a marker in the name or the origin: never a plain name
+            raise ValueError(f"the task name {name!r} cannot be written on the wire")
         self._templates[name] = (pieces, order)
         return pieces, order
 
     def encode(self, name: str, kwargs: dict[str, Any], task_id: str, tag: str) -> str:
         """One message as the Redis list holds it."""
         _, _, body = serialize(((), kwargs, EMBED), serializer=self.serializer)
-        raw = body if isinstance(body, bytes) else body.encode(self.content_encoding)
         values = (
-            as_json(base64.b64encode(raw).decode()),
+            as_json(base64.b64encode(str_to_bytes(body)).decode()),  # kombu's Base64 codec
             as_json(task_id),
             as_json(repr(kwargs)[:KWARGSREPR_MAX]),
             as_json(tag),
@@ -129,9 +127,10 @@ class RedisTaskWire:
         return "".join(parts)
 
     def push(self, messages: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
-        """Writes ``(task name, kwargs)`` messages in order, in one round trip (a failure
-        raises: none of them, or only the first thousands, may have gone). Returns the
-        task ids."""
+        """Writes ``(task name, kwargs)`` messages in order, in one round trip, and returns
+        their task ids. A failure raises, and any of the LPUSH commands (a thousand
+        messages each) may have gone: the caller counts none as handed, and the relay
+        sends them all again (the examination side drops a repeat by its key)."""
         n = len(messages)
         ids = uuid4_strings(2 * n)
         task_ids, tags = ids[:n], ids[n:]
@@ -141,7 +140,7 @@ class RedisTaskWire:
         ]
         with self.channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
             for chunk in _chunks(encoded, LPUSH_MAX):
-                pipe.lpush(self.queue, *chunk)  # the list's head: read from its tail, in order
+                pipe.lpush(self.key, *chunk)  # the list's head: read from its tail, in order
             pipe.execute()
         return task_ids
 
@@ -151,23 +150,36 @@ def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
         yield items[first : first + size]
 
 
-def wire_for(app: Any, producer: Any, queue: Any) -> RedisTaskWire | None:
-    """A wire for ``queue`` on the producer's channel, or ``None`` when kombu must send
-    (another transport, serializer, compression, encoding, priority or an expiring
-    queue: anything the wire does not write as kombu would)."""
-    channel = producer.channel
-    conf = app.conf
-    plain = (
+# What kombu's Redis channel does per message; a subclass that overrides any of them may
+# write something else, so the wire leaves its messages to kombu.
+_KOMBU_PATH = ("prepare_message", "basic_publish", "_inplace_augment_message",
+               "encode_body", "_next_delivery_tag", "_put", "_q_for_pri")  # fmt: skip
+
+
+def kombu_writes_as_the_wire(channel: Any) -> bool:
+    """Whether kombu's publish on ``channel`` writes what the wire writes: its own Redis
+    channel (or Sentinel's, which changes none of the path), the body base64 and no
+    global key prefix."""
+    return (
         isinstance(channel, RedisChannel)
+        and all(getattr(type(channel), m) is getattr(RedisChannel, m) for m in _KOMBU_PATH)
         and channel.body_encoding == "base64"
-        and not getattr(channel, "global_keyprefix", "")
+        and not channel.global_keyprefix
         and not channel.default_priority
-        and conf.task_serializer == "json"
-        and not conf.task_compression
-        and queue.expires is None
-        and not (queue.queue_arguments or {}).get("x-expires")
-        and not queue.max_priority
     )
-    if not plain:
+
+
+def wire_for(app: Any, producer: Any, queue: Any) -> RedisTaskWire | None:
+    """A wire for ``queue`` on the producer's channel (the queue declared first, as kombu
+    declares it), or ``None`` when kombu must send: another transport or channel, the
+    ``auth`` serializer or another than JSON, compression, a queue that expires."""
+    conf = app.conf
+    if conf.task_serializer != "json" or conf.task_compression:
+        return None
+    channel = producer.channel
+    if not kombu_writes_as_the_wire(channel):
+        return None
+    producer.maybe_declare(queue)
+    if queue.name in channel._expires:  # kombu would PEXPIRE the list after each push
         return None
     return RedisTaskWire(app, channel, queue, anon_nodename())

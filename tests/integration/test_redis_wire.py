@@ -11,18 +11,30 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
-from kombu import Connection, Queue
+from kombu import Queue
+from kombu.transport.redis import Channel as RedisChannel
+from kombu.transport.redis import SentinelChannel
 
-from retry_pipeline.adapters.redis_wire import LPUSH_MAX, uuid4_strings, wire_for
+from retry_pipeline.adapters.celery_io import CeleryExaminationGateway
+from retry_pipeline.adapters.redis_wire import (
+    LPUSH_MAX,
+    kombu_writes_as_the_wire,
+    uuid4_strings,
+    wire_for,
+)
 from retry_pipeline.adapters.task_message import TaskPublisher
-from tests.support import PrivateRedis
+from retry_pipeline.config import Settings
+from retry_pipeline.errors import DeliveryFailed
+from retry_pipeline.model import Outcome, PendingOutcome
+from simulation.redis_server import PrivateRedis
 
-QUEUE = "examination-wire"
 NAME = "examination.auto_correct"
 KWARGS: list[dict[str, Any]] = [
     {"application": "A-1", "office": "O1", "missing": ["safety"], "decided_at": "2026-11-30"},
@@ -30,24 +42,48 @@ KWARGS: list[dict[str, Any]] = [
     {"application": 'A-"2"\\', "office": "大阪\n", "missing": [], "note": "\u3000\t\x00"},
     {"application": "A-3", "office": "O1", "missing": ["insurance"], "note": "x" * 3000},
 ]
+# settings under which the wire writes (each compared with kombu): the defaults, kombu's
+# priority lists (another key for priority 0), transient messages, a priority queue
+VARIANTS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "priority steps": {"broker_transport_options": {"priority_steps": [1, 5, 9], "sep": ":"}},
+    "transient": {"task_default_delivery_mode": "transient"},
+    "priority queue": {"task_queue_max_priority": 9},
+}
 
 
-@pytest.fixture
-def app(private_redis: PrivateRedis) -> Iterator[Celery]:
-    app = Celery("wire-test", broker=private_redis.url, set_as_current=False)
-    app.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True)
-    yield app
-    with app.connection_for_write() as conn:
-        conn.default_channel.client.delete(QUEUE)
+class Wire:
+    """A Celery app on the private Redis with a queue of its own."""
 
+    def __init__(self, url: str, **conf: Any) -> None:
+        self.queue = f"exam-wire-{uuid.uuid4().hex[:8]}"
+        self.app = Celery("wire-test", broker=url, set_as_current=False)
+        base = {"task_serializer": "json", "accept_content": ["json", "pickle"]}
+        self.app.conf.update({**base, "task_ignore_result": True, **conf})
 
-def _raw(app: Celery) -> list[str]:
-    """The queue's entries, oldest (first read) first."""
-    with app.connection_for_write() as conn:
-        client = conn.default_channel.client
-        entries = client.lrange(QUEUE, 0, -1)
-        client.delete(QUEUE)
-    return [e.decode() for e in reversed(entries)]
+    def raw(self) -> tuple[list[bytes], list[str]]:
+        """The queue's lists (kombu names them; the bindings aside) and their entries,
+        oldest (first read) first; the lists are emptied."""
+        with self.app.connection_for_write() as conn:
+            client = conn.default_channel.client
+            keys = sorted(client.keys(self.queue + "*"))
+            entries = [e for key in keys for e in reversed(client.lrange(key, 0, -1))]
+            if keys:
+                client.delete(*keys)
+        return keys, [e.decode() for e in entries]
+
+    def by_kombu(self, messages: list[tuple[str, dict[str, Any]]]) -> tuple[list[bytes], list[str]]:
+        with self.app.producer_or_acquire() as producer:
+            publish = TaskPublisher(self.app, producer, self.queue, retry=False)
+            for name, kwargs in messages:
+                publish(name, kwargs)
+        return self.raw()
+
+    def push(self, messages: list[tuple[str, dict[str, Any]]]) -> list[str]:
+        with self.app.producer_or_acquire() as producer:
+            wire = wire_for(self.app, producer, self.app.amqp.queues[self.queue])
+            assert wire is not None, "the wire refused a plain JSON queue on Redis"
+            return wire.push(messages)
 
 
 def _named(entry: str) -> str:
@@ -59,29 +95,16 @@ def _named(entry: str) -> str:
     return entry.replace(task_id, "TASK-ID").replace(tag, "DELIVERY-TAG")
 
 
-def _by_kombu(app: Celery, messages: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    with app.producer_or_acquire() as producer:
-        publish = TaskPublisher(app, producer, QUEUE, retry=False)
-        for name, kwargs in messages:
-            publish(name, kwargs)
-    return _raw(app)
-
-
-def _push(app: Celery, messages: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    with app.producer_or_acquire() as producer:
-        wire = wire_for(app, producer, app.amqp.queues[QUEUE])
-        assert wire is not None, "the wire refused a plain JSON queue on Redis"
-        return wire.push(messages)
-
-
-def _by_wire(app: Celery, messages: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], Any]:
-    ids = _push(app, messages)
-    return _raw(app), ids
-
-
-def test_the_wire_writes_kombus_bytes(app: Celery) -> None:
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_wire_writes_kombus_bytes_to_kombus_list(
+    private_redis: PrivateRedis, variant: str
+) -> None:
+    w = Wire(private_redis.url, **VARIANTS[variant])
     messages = [(NAME, k) for k in KWARGS] + [("examination.resume_pre_review", KWARGS[0])]
-    kombu, (wire, ids) = _by_kombu(app, messages), _by_wire(app, messages)
+    kombu_keys, kombu = w.by_kombu(messages)
+    ids = w.push(messages)
+    wire_keys, wire = w.raw()
+    assert wire_keys == kombu_keys and len(kombu_keys) == 1
     assert len(kombu) == len(wire) == len(messages)
     for ours, theirs in zip(wire, kombu, strict=True):
         assert _named(ours) == _named(theirs)
@@ -89,13 +112,16 @@ def test_the_wire_writes_kombus_bytes(app: Celery) -> None:
     assert len({json.loads(e)["properties"]["delivery_tag"] for e in wire} | set(ids)) == 8
 
 
-def test_a_kombu_consumer_reads_the_wires_messages_in_order(app: Celery) -> None:
+@pytest.mark.parametrize("variant", ["defaults", "priority steps"])
+def test_a_kombu_consumer_reads_the_wires_messages_in_order(
+    private_redis: PrivateRedis, variant: str
+) -> None:
+    w = Wire(private_redis.url, **VARIANTS[variant])
     n = 2 * LPUSH_MAX + 7  # three LPUSH commands in one round trip
-    messages = [(NAME, {"application": f"A-{i}", "office": "O1"}) for i in range(n)]
-    ids = _push(app, messages)
+    ids = w.push([(NAME, {"application": f"A-{i}", "office": "O1"}) for i in range(n)])
     got: list[tuple[str, Any]] = []
-    with Connection(app.conf.broker_url) as conn:
-        queue = conn.SimpleQueue(QUEUE, serializer="json")
+    with w.app.connection_for_read() as conn:
+        queue = conn.SimpleQueue(w.queue, serializer="json")
         for _ in range(n):
             message = queue.get(timeout=5)
             got.append((message.headers["id"], message.decode()))
@@ -106,35 +132,62 @@ def test_a_kombu_consumer_reads_the_wires_messages_in_order(app: Celery) -> None
     assert all(body[0] == [] and body[2]["chain"] is None for _, body in got)
 
 
-REFUSED: list[tuple[str, dict[str, Any], Any]] = [
-    ("signed or pickled messages", {"task_serializer": "pickle"}, Queue(QUEUE)),
-    ("compressed messages", {"task_compression": "zlib"}, Queue(QUEUE)),
-    ("an expiring queue", {}, Queue(QUEUE, expires=60.0)),
-    ("a priority queue", {}, Queue(QUEUE, max_priority=9)),
-]
-
-
-@pytest.mark.parametrize(("why", "conf", "queue"), REFUSED, ids=[r[0] for r in REFUSED])
-def test_the_wire_leaves_to_kombu_what_kombu_would_write_otherwise(
-    private_redis: PrivateRedis, why: str, conf: dict[str, Any], queue: Queue
+def test_a_failed_write_raises_and_the_gateway_counts_none_handed(
+    private_redis: PrivateRedis,
 ) -> None:
-    app = Celery("wire-refusal", broker=private_redis.url, set_as_current=False)
-    app.conf.update(task_queues=(queue,), **conf)
-    with app.producer_or_acquire() as producer:
-        assert wire_for(app, producer, app.amqp.queues[QUEUE]) is None, why
-    plain = Celery("wire-plain", broker=private_redis.url, set_as_current=False)
-    with plain.producer_or_acquire() as producer:
-        assert wire_for(plain, producer, plain.amqp.queues[QUEUE]) is not None
+    w = Wire(private_redis.url)
+    with w.app.connection_for_write() as conn:
+        conn.default_channel.client.set(w.queue, "not a list")  # WRONGTYPE for LPUSH
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        w.push([(NAME, KWARGS[0])])
+    gateway = CeleryExaminationGateway(w.app, replace(Settings(), examination_queue=w.queue))
+    outcome = PendingOutcome(
+        id=1, chain_id="c1", idempotency_key="c1:auto_corrected", application="A-1",
+        office="O1", outcome=Outcome.AUTO_CORRECTED, missing=("safety",),
+        decided_at=datetime(2026, 11, 30, 8, 30, tzinfo=UTC), send_count=0,
+    )  # fmt: skip
+    with pytest.raises(DeliveryFailed) as failed:
+        gateway.deliver([outcome])
+    assert failed.value.handed == 0
+    with w.app.connection_for_write() as conn:
+        assert conn.default_channel.client.get(w.queue) == b"not a list"  # nothing else
 
 
-@pytest.mark.parametrize("prefixed", [False, True], ids=["another transport", "a key prefix"])
-def test_the_wire_is_for_plain_redis_only(private_redis: PrivateRedis, prefixed: bool) -> None:
-    broker = private_redis.url if prefixed else "memory://"
-    app = Celery("wire-other", broker=broker, set_as_current=False)
-    if prefixed:
-        app.conf.broker_transport_options = {"global_keyprefix": "rp_"}
+REFUSED: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    # why: (app settings, queue options)
+    "signed or pickled messages": ({"task_serializer": "pickle"}, {}),
+    "compressed messages": ({"task_compression": "zlib"}, {}),
+    "an expiring queue": ({}, {"expires": 60.0}),
+    "a queue expiring by its arguments": ({}, {"queue_arguments": {"x-expires": 60000}}),
+    "another body encoding": ({"broker_transport_options": {"body_encoding": "utf-8"}}, {}),
+    "a global key prefix": ({"broker_transport_options": {"global_keyprefix": "rp_"}}, {}),
+}
+
+
+@pytest.mark.parametrize("why", list(REFUSED))
+def test_the_wire_leaves_to_kombu_what_kombu_would_write_otherwise(
+    private_redis: PrivateRedis, why: str
+) -> None:
+    conf, options = REFUSED[why]
+    w = Wire(private_redis.url, **conf)
+    w.app.conf.task_queues = (Queue(w.queue, **options),)  # type: ignore[no-untyped-call]
+    with w.app.producer_or_acquire() as producer:
+        assert wire_for(w.app, producer, w.app.amqp.queues[w.queue]) is None, why
+    plain = Wire(private_redis.url)
+    with plain.app.producer_or_acquire() as producer:
+        assert wire_for(plain.app, producer, plain.app.amqp.queues[plain.queue]) is not None
+
+
+def test_the_wire_is_for_kombus_own_redis_channel_only() -> None:
+    class Rerouting(RedisChannel):  # a channel that writes its own way
+        def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+            raise AssertionError("not reached")
+
+    assert kombu_writes_as_the_wire(object.__new__(Rerouting)) is False
+    assert kombu_writes_as_the_wire(object.__new__(SentinelChannel)) is True
+    app = Celery("wire-other", broker="memory://", set_as_current=False)
     with app.producer_or_acquire() as producer:
-        assert wire_for(app, producer, app.amqp.queues[QUEUE]) is None
+        assert wire_for(app, producer, app.amqp.queues["memory-queue"]) is None
 
 
 def test_ids_are_random_version_4_uuids() -> None:

@@ -162,11 +162,24 @@ def test_unknown_variable_is_refused_next_to_good_ones() -> None:
         ({"RETRY_PIPELINE_NEXT_DAY_ATTEMPTS": "0"}, "NEXT_DAY_ATTEMPTS"),
         ({"RETRY_PIPELINE_SAFETY_VALIDITY_DAYS": "0"}, "validity"),
         ({"RETRY_PIPELINE_COMPLETION_VALIDITY_MONTHS": "0"}, "validity"),
+        ({"RETRY_PIPELINE_RESUME_TASK": ".leading.dot"}, "RESUME_TASK"),
+        ({"RETRY_PIPELINE_AUTO_CORRECT_TASK": "exam auto"}, "AUTO_CORRECT_TASK"),
+        ({"RETRY_PIPELINE_REPORT_RECEIVED_TASK": 'x"y'}, "REPORT_RECEIVED_TASK"),
+        ({"RETRY_PIPELINE_RESUME_TASK": "審査.再開"}, "RESUME_TASK"),
+        ({"RETRY_PIPELINE_RESUME_TASK": "a" * 201}, "RESUME_TASK"),
     ],
 )
 def test_invalid_combination_is_refused(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         Settings.from_env(env)
+
+
+def test_task_names_of_the_examination_side_are_accepted() -> None:
+    env = {"RETRY_PIPELINE_RESUME_TASK": "exam_v2.resume-pre:review",
+           "RETRY_PIPELINE_AUTO_CORRECT_TASK": "_private.auto"}  # fmt: skip
+    settings = Settings.from_env(env)
+    assert settings.resume_task == "exam_v2.resume-pre:review"
+    assert settings.auto_correct_task == "_private.auto"
 
 
 @pytest.mark.parametrize("step_min", [1, 5, 10, 15, 30, 60, 90, 1440])
