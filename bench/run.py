@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -39,10 +40,11 @@ from retry_pipeline.adapters.db import make_engine
 from retry_pipeline.adapters.migrate import upgrade
 from retry_pipeline.adapters.orm import ChainRow, HistoryRow, OutboxRow, create_registry_standin
 from retry_pipeline.calendar import BusinessCalendar, parse_instant
-from retry_pipeline.client import report_missing
+from retry_pipeline.client import report_missing, signed_app
 from retry_pipeline.clock import FileClock
 from retry_pipeline.config import PREFIX, Settings
 from retry_pipeline.model import Phase
+from retry_pipeline.signing import create_keypair
 from simulation.databases import private_database
 from simulation.redis_server import start_private_redis
 
@@ -74,10 +76,25 @@ class Bench:
         )
         self.r = redis.Redis.from_url(self.broker_url)
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.signing: dict[str, str] = {}
+
+    def sign_messages(self) -> None:
+        """From now on the bench's messages are signed, as in production (RSA keys made by
+        ``signing.create_keypair``, the pipeline's certificate in the store); workers
+        started with ``signed`` sign and verify theirs."""
+        keys = self.workdir / "keys"
+        key, cert = create_keypair(keys, "pipeline")
+        store = keys / "trusted"
+        store.mkdir()
+        shutil.copy(cert, store / cert.name)
+        self.signing = {"SECURITY_KEY": str(key), "SECURITY_CERTIFICATE": str(cert),
+                        "SECURITY_CERT_STORE": str(store)}  # fmt: skip
+        self.client = signed_app(self.broker_url, str(key), str(cert), str(store))
 
     # -- workers ---------------------------------------------------------------
-    def start_workers(self, nodes: int, concurrency: int) -> None:
-        """``nodes`` Celery workers (distinct node names), each prefork ``concurrency``."""
+    def start_workers(self, nodes: int, concurrency: int, signed: bool = False) -> None:
+        """``nodes`` Celery workers (distinct node names), each prefork ``concurrency``;
+        ``signed``: with the production's message signing (``sign_messages``)."""
         self.stop_workers()
         env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
         env.update({
@@ -85,6 +102,8 @@ class Bench:
             f"{PREFIX}CLOCK_FILE": str(self.clock_file), f"{PREFIX}QUEUE": QUEUE,
             "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "bench")]),
         })  # fmt: skip
+        if signed:
+            env.update({f"{PREFIX}{k}": v for k, v in self.signing.items()})
         names = []
         for i in range(nodes):
             name = f"bench{i + 1}-{uuid.uuid4().hex[:6]}@%h"
@@ -344,6 +363,10 @@ def main() -> None:
             say("  two nodes of one process each ...")
             bench.start_workers(2, 1)
             two = median_of(REPEATS, lambda: bench.surge(n_scale))
+            say(f"release of {mid} parked at 08:30, messages signed as in production ...")
+            bench.sign_messages()
+            bench.start_workers(1, 2, signed=True)
+            signed = median_of(REPEATS, lambda: bench.surge(mid, RELEASE, Phase.NEXT_DAY))
         finally:
             bench.stop()
     mid = surges[sizes[1]]
@@ -356,6 +379,11 @@ def main() -> None:
         "ratio_reports_single_vs_noop": round(single_rate / noop, 3),
         "surge": {str(n): public(s) for n, s in surges.items()},
         "release_0830": public(release),
+        # not one of issue 11's keys: the same release with every message signed (RSA)
+        "release_0830_signed": {
+            **public(signed),
+            "ratio_vs_unsigned": round(signed["attempts_per_s"] / release["attempts_per_s"], 3),
+        },
         "scale_out": {
             "workers": 2,
             "ratio_2_vs_1": round(two["attempts_per_s"] / one["attempts_per_s"], 3),
@@ -392,6 +420,13 @@ def render(r: dict[str, Any]) -> str:
         f"{rel['attempts_per_s']} ({ratio:.2f} x surge), "
         f"{rel['lateness_p50_s']} / {rel['lateness_p99_s']}",
     ))  # fmt: skip
+    if "release_0830_signed" in r:
+        sig = r["release_0830_signed"]
+        rows.append((
+            "release_0830 signed: attempts/s, p99 late (s)",
+            f"{sig['attempts_per_s']} ({sig['ratio_vs_unsigned']} x unsigned), "
+            f"{sig['lateness_p99_s']}",
+        ))  # fmt: skip
     so = r["scale_out"]
     rows.append((
         "scale_out: 2 nodes vs 1 (nodes deciding)",
