@@ -105,12 +105,16 @@ def parse_instant(text: str) -> pendulum.DateTime:
 
 def format_instant(instant: datetime) -> str:
     """ISO 8601 in Japan time with the +09:00 offset."""
-    return _format_of(instant, _offset(instant))
+    return _format_of(instant, instant.fold)
 
 
 @functools.lru_cache(maxsize=4096)  # a release's outcomes share their slot's instant
-def _format_of(instant: datetime, offset: timedelta) -> str:
-    return _local_of(instant, offset).isoformat()  # (pendulum's isoformat is Python)
+def _format_of(instant: datetime, fold: int) -> str:
+    # Keyed by the instant and its fold: aware datetimes compare (and hash) as instants,
+    # except two of one zone that differ only in ``fold``, which compare equal; equal
+    # instants read the same in Japan time. (Asking for the offset first, as ``to_local``
+    # does, cost a pendulum instance more than the rest.)
+    return _local_of(instant, _offset(instant)).isoformat()  # (pendulum's isoformat: Python)
 
 
 @dataclass(frozen=True)

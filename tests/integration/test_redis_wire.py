@@ -9,18 +9,21 @@ Celery's own ``send_task_message`` in ``tests/unit/test_task_message.py``.
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
 import redis
 from celery import Celery
-from kombu import Queue
+from kombu import Queue, serialization
 from kombu.transport.redis import Channel as RedisChannel
 from kombu.transport.redis import SentinelChannel
+from kombu.utils import json as kombu_json
 
 from retry_pipeline.adapters.celery_io import CeleryExaminationGateway
 from retry_pipeline.adapters.redis_wire import (
@@ -41,7 +44,10 @@ KWARGS: list[dict[str, Any]] = [
     # what JSON escapes: quotes, backslashes, control characters, non-ASCII (staff names)
     {"application": 'A-"2"\\', "office": "大阪\n", "missing": [], "note": "\u3000\t\x00"},
     {"application": "A-3", "office": "O1", "missing": ["insurance"], "note": "x" * 3000},
-]
+    # what only kombu's JSON encoder writes (the standard library's refuses them)
+    {"application": "A-4", "at": datetime(2026, 11, 30, 8, 30, tzinfo=UTC),
+     "id": uuid.UUID(int=5), "amount": Decimal("1.50"), "ratio": 0.1},
+]  # fmt: skip
 # settings under which the wire writes (each compared with kombu): the defaults, kombu's
 # priority lists (another key for priority 0), transient messages, a priority queue
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -79,6 +85,12 @@ class Wire:
                 publish(name, kwargs)
         return self.raw()
 
+    def stdlib_first(self) -> bool:
+        with self.app.producer_or_acquire() as producer:
+            wire = wire_for(self.app, producer, self.app.amqp.queues[self.queue])
+            assert wire is not None
+            return wire.stdlib_first
+
     def push(self, messages: list[tuple[str, dict[str, Any]]]) -> list[str]:
         with self.app.producer_or_acquire() as producer:
             wire = wire_for(self.app, producer, self.app.amqp.queues[self.queue])
@@ -109,7 +121,29 @@ def test_the_wire_writes_kombus_bytes_to_kombus_list(
     for ours, theirs in zip(wire, kombu, strict=True):
         assert _named(ours) == _named(theirs)
     assert [json.loads(e)["headers"]["id"] for e in wire] == ids
-    assert len({json.loads(e)["properties"]["delivery_tag"] for e in wire} | set(ids)) == 8
+    assert len({json.loads(e)["properties"]["delivery_tag"] for e in wire} | set(ids)) == 10
+
+
+def test_a_json_serializer_registered_anew_is_the_one_the_wire_uses(
+    private_redis: PrivateRedis,
+) -> None:
+    def sorted_json(obj: Any) -> str:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+    serialization.register("json", sorted_json, kombu_json.loads, "application/json")
+    try:
+        w = Wire(private_redis.url)
+        messages = [(NAME, k) for k in KWARGS[:3]]
+        _, kombu = w.by_kombu(messages)
+        w.push(messages)
+        _, wire = w.raw()
+        assert [_named(e) for e in wire] == [_named(e) for e in kombu]
+        body = json.loads(base64.b64decode(json.loads(wire[0])["body"]))
+        assert list(body[1]) == sorted(KWARGS[0])  # the registered encoder wrote it
+        assert w.stdlib_first() is False
+    finally:
+        serialization.register_json()
+    assert Wire(private_redis.url).stdlib_first() is True  # kombu's own JSON again
 
 
 @pytest.mark.parametrize("variant", ["defaults", "priority steps"])
