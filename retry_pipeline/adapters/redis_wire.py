@@ -24,7 +24,7 @@ import base64
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring_ascii as as_json  # what json.dumps writes a str as
 from typing import Any
 
@@ -82,11 +82,11 @@ class RedisTaskWire:
         # encoder made anew for each message (half of a body's cost)
         codec = getattr(serialization.registry, "_encoders", {}).get(self.serializer)
         self.stdlib_first = getattr(codec, "encoder", None) is kombu_json.dumps
-        self._templates: dict[str, tuple[list[str], list[int]]] = {}
+        self._templates: dict[str, list[str]] = {}
 
-    def _template(self, name: str) -> tuple[list[str], list[int]]:
+    def _template(self, name: str) -> list[str]:
         """The envelope of task ``name`` serialized once, cut where the per-message
-        strings go: (the fixed pieces, which field fills each gap)."""
+        strings go: the fixed pieces, their gaps filled in ``SHAPE``'s order."""
         known = self._templates.get(name)
         if known is not None:
             return known
@@ -110,11 +110,10 @@ class RedisTaskWire:
         text = json_dumps(envelope)  # as kombu's Redis channel serializes it
         quoted = {as_json(m): i for i, m in enumerate(mark.values())}
         cut = re.split("(" + "|".join(map(re.escape, quoted)) + ")", text)
-        pieces, order = cut[0::2], [quoted[q] for q in cut[1::2]]
-        if tuple(order) != self.SHAPE:  # a marker in the name or the origin: never a plain name
+        if tuple(quoted[q] for q in cut[1::2]) != self.SHAPE:  # a marker in the name or origin
             raise ValueError(f"the task name {name!r} cannot be written on the wire")
-        self._templates[name] = (pieces, order)
-        return pieces, order
+        self._templates[name] = pieces = cut[0::2]
+        return pieces
 
     def encode(self, name: str, kwargs: dict[str, Any], task_id: str, tag: str) -> str:
         """One message as the Redis list holds it."""
@@ -125,9 +124,9 @@ class RedisTaskWire:
             as_json(repr(kwargs)[:KWARGSREPR_MAX]),
             as_json(tag),
         )
-        pieces, order = self._template(name)
+        pieces = self._template(name)
         parts = [pieces[0]]
-        for field, piece in zip(order, pieces[1:], strict=True):
+        for field, piece in zip(self.SHAPE, pieces[1:], strict=True):
             parts.append(values[field])
             parts.append(piece)
         return "".join(parts)
@@ -154,15 +153,10 @@ class RedisTaskWire:
             for (name, kwargs), task_id, tag in zip(messages, task_ids, tags, strict=True)
         ]
         with self.channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
-            for chunk in _chunks(encoded, LPUSH_MAX):
-                pipe.lpush(self.key, *chunk)  # the list's head: read from its tail, in order
+            for first in range(0, n, LPUSH_MAX):  # the list's head: read from its tail, in order
+                pipe.lpush(self.key, *encoded[first : first + LPUSH_MAX])
             pipe.execute()
         return task_ids
-
-
-def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
-    for first in range(0, len(items), size):
-        yield items[first : first + size]
 
 
 # What kombu's Redis channel does per message; a subclass that overrides any of them may

@@ -28,6 +28,7 @@ from kombu.utils import json as kombu_json
 from retry_pipeline.adapters.celery_io import CeleryExaminationGateway
 from retry_pipeline.adapters.redis_wire import (
     LPUSH_MAX,
+    RedisTaskWire,
     kombu_writes_as_the_wire,
     uuid4_strings,
     wire_for,
@@ -85,17 +86,18 @@ class Wire:
                 publish(name, kwargs)
         return self.raw()
 
+    def wire(self, producer: Any) -> RedisTaskWire:
+        wire = wire_for(self.app, producer, self.app.amqp.queues[self.queue])
+        assert wire is not None, "the wire refused a plain JSON queue on Redis"
+        return wire
+
     def stdlib_first(self) -> bool:
         with self.app.producer_or_acquire() as producer:
-            wire = wire_for(self.app, producer, self.app.amqp.queues[self.queue])
-            assert wire is not None
-            return wire.stdlib_first
+            return self.wire(producer).stdlib_first
 
     def push(self, messages: list[tuple[str, dict[str, Any]]]) -> list[str]:
         with self.app.producer_or_acquire() as producer:
-            wire = wire_for(self.app, producer, self.app.amqp.queues[self.queue])
-            assert wire is not None, "the wire refused a plain JSON queue on Redis"
-            return wire.push(messages)
+            return self.wire(producer).push(messages)
 
 
 def _named(entry: str) -> str:
