@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -100,9 +101,16 @@ class Report:
 
 
 def sorted_kinds(kinds: frozenset[CertificateKind] | set[CertificateKind]) -> list[str]:
-    """Kinds in a stable order for storage and messages."""
-    order = list(CertificateKind)
-    return [k.value for k in sorted(kinds, key=order.index)]
+    """Kinds in a stable order for storage and messages (a new list each call)."""
+    return list(_in_order(frozenset(kinds)))
+
+
+@functools.cache  # at most eight sets of three kinds; a slot asks for them thousands of times
+def _in_order(kinds: frozenset[CertificateKind]) -> tuple[str, ...]:
+    ordered = tuple(k.value for k in CertificateKind if k in kinds)
+    if len(ordered) != len(kinds):
+        raise ValueError(f"not certificate kinds: {sorted(map(str, kinds))}")
+    return ordered
 
 
 @dataclass(frozen=True)
