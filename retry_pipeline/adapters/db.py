@@ -151,50 +151,76 @@ def _bound(
 
 
 def insert_many(
-    session: Session, model: Any, rows: Sequence[dict[str, Any]], *, returning: str | None = None
+    session: Session,
+    model: Any,
+    rows: Sequence[dict[str, Any]],
+    *,
+    returning: str | None = None,
+    same: dict[str, Any] | None = None,
 ) -> dict[Any, Any]:
-    """INSERT ``rows`` (dicts over the same columns) in one statement. With ``returning``
-    (a unique column of the rows), ``{that value: the new row's id}``.
+    """INSERT ``rows`` (dicts over the same columns) in one statement. ``same``: the
+    columns every row shares, with their values (sent once, not once a row). With
+    ``returning`` (a unique column of the rows), ``{that value: the new row's id}``.
 
     PostgreSQL: the batch travels as one JSON document, ``INSERT .. SELECT .. FROM
     json_populate_recordset(..)``: a short statement parsed once whatever the number of
     rows (SQLAlchemy's multi-VALUES form is a new, longer text for every batch), and one
     parameter that ``json.dumps`` writes in C (psycopg dumps arrays element by element in
-    Python: for a slot's history and outbox rows, more time than the database took). Each
-    value goes through its column's input conversion, as in a plain INSERT: a too-long
-    string is refused, not cut. Elsewhere (SQLite): SQLAlchemy's own bulk insert.
+    Python: for a slot's history and outbox rows, more time than the database took); the
+    shared values as a one-row JSON object beside it. Each value goes through its
+    column's input conversion, as in a plain INSERT: a too-long string is refused, not
+    cut. Elsewhere (SQLite): SQLAlchemy's own bulk insert.
     """
     if not rows:
         return {}
+    same = same or {}
+    if same.keys() & rows[0].keys():
+        raise ValueError(f"columns both shared and per row: {sorted(same.keys() & rows[0].keys())}")
     dialect = session.get_bind().dialect
     table = model.__table__
     key = table.c[returning] if returning else None
     if dialect.name != "postgresql":
         stmt = insert(model)
+        full = [{**row, **same} for row in rows] if same else list(rows)
         if key is None:
-            session.execute(stmt, list(rows))
+            session.execute(stmt, full)
             return {}
         stmt = stmt.returning(key, table.c.id, sort_by_parameter_order=True)
-        return {k: v for k, v in session.execute(stmt, list(rows))}
-    columns = [table.c[name] for name in rows[0]]
-    decorated = [(c.name, c.type) for c in columns if isinstance(c.type, TypeDecorator)]
-    if decorated:
-        rows = _bound(rows, decorated, dialect)
-    doc = json.dumps(rows, default=_json_value, ensure_ascii=False, allow_nan=False)
-    names = ", ".join(c.name for c in columns)
+        return {k: v for k, v in session.execute(stmt, full)}
+    own = [table.c[name] for name in rows[0]]
+    shared = [table.c[name] for name in same]
+    names = ", ".join(c.name for c in own + shared)
     # A JSON column's None arrives as SQL NULL; SQLAlchemy's JSON stores JSON null.
     values = ", ".join(
-        f"coalesce({c.name}, 'null'::json)" if isinstance(c.type, JSON) else c.name for c in columns
-    )
+        f"coalesce({alias}.{c.name}, 'null'::json)" if isinstance(c.type, JSON) else
+        f"{alias}.{c.name}"
+        for alias, columns in (("r", own), ("s", shared)) for c in columns
+    )  # fmt: skip
     sql = (
         f"INSERT INTO {table.name} ({names}) SELECT {values} "
-        f"FROM json_populate_recordset(NULL::{table.name}, CAST(:doc AS json))"
+        f"FROM json_populate_recordset(NULL::{table.name}, CAST(:doc AS json)) AS r"
     )
+    params = {"doc": _json_text(_as_stored(own, rows, dialect))}
+    if shared:
+        sql += f" CROSS JOIN json_populate_record(NULL::{table.name}, CAST(:same AS json)) AS s"
+        params["same"] = _json_text(_as_stored(shared, [same], dialect)[0])
     if key is None:
-        session.execute(text(sql), {"doc": doc})
+        session.execute(text(sql), params)
         return {}
     sql += f" RETURNING {key.name}, id"
-    return {k: v for k, v in session.execute(text(sql), {"doc": doc})}
+    return {k: v for k, v in session.execute(text(sql), params)}
+
+
+def _as_stored(
+    columns: list[Any], rows: Sequence[dict[str, Any]], dialect: Any
+) -> Sequence[dict[str, Any]]:
+    """``rows`` with each decorated column's value through its type (``_bound``)."""
+    decorated = [(c.name, c.type) for c in columns if isinstance(c.type, TypeDecorator)]
+    return _bound(rows, decorated, dialect) if decorated else rows
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, default=_json_value, ensure_ascii=False, allow_nan=False)
 
 
 def _json_value(value: Any) -> str:

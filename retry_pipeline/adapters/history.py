@@ -47,11 +47,11 @@ class SqlHistory:
             rows = [
                 {
                     **{name: getattr(e, name) for name in ENTRY_FIELDS},  # (asdict deep-copies)
-                    "missing": list(e.missing), "found": list(e.found), "node": self.node,
+                    "missing": list(e.missing), "found": list(e.found),
                 }
                 for e in entries
             ]  # fmt: skip
-            insert_many(self.session, HistoryRow, rows)
+            insert_many(self.session, HistoryRow, rows, same={"node": self.node})
 
     def lines(
         self, *, application: str | None = None, office: str | None = None

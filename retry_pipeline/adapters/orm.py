@@ -118,8 +118,9 @@ class OutboxRow(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     chain_id: Mapped[str] = mapped_column(String(32), unique=True)
-    idempotency_key: Mapped[str] = mapped_column(String(80), unique=True)
-    application: Mapped[str] = mapped_column(String(64), index=True)
+    # ``<chain_id>:<outcome>``: unique as chain_id is, found through it (migration 0012)
+    idempotency_key: Mapped[str] = mapped_column(String(80))
+    application: Mapped[str] = mapped_column(String(64))
     office: Mapped[str] = mapped_column(String(32))
     outcome: Mapped[str] = mapped_column(String(16))
     missing: Mapped[list[str]] = mapped_column(JSON)
@@ -139,8 +140,9 @@ class OutboxRow(Base):
 def _outbox_indexes() -> tuple[Index, ...]:
     """Partial indexes over the open outcomes only (issue 11): the relay's two queries,
     the unconfirmed list and the given-up count. Confirmed rows (nearly all of a grown
-    outbox) sit in none of them; a new row enters six indexes in all instead of eight,
-    and so does the new version an UPDATE writes (migration 0011)."""
+    outbox) sit in none of them (migration 0011). With the primary key and chain_id's, a
+    booked outcome enters four indexes, and so does the new version an UPDATE writes
+    (migration 0012 dropped the application's and the idempotency key's)."""
     t = OutboxRow.__table__.c
     unconfirmed = t.confirmed_at.is_(None)
     open_ = and_(unconfirmed, t.gave_up_at.is_(None))

@@ -50,8 +50,7 @@ class SqlOutbox:
     ) -> list[PendingOutcome]:
         if not endings:
             return []
-        sends = 0 if booked_until is None else 1
-        sent_at = None if booked_until is None else now
+        booked = booked_until is not None
         keyed = [
             (e, idempotency_key(e.chain_id, e.outcome), sorted_kinds(e.missing)) for e in endings
         ]
@@ -64,18 +63,20 @@ class SqlOutbox:
                 "outcome": e.outcome.value,
                 "missing": missing,
                 "decided_at": e.decided_at,
-                "created_at": now,
-                "sent_at": sent_at,
-                "send_count": sends,
-                "next_send_at": booked_until,
             }
             for e, key, missing in keyed
         ]
+        same = {
+            "created_at": now,
+            "sent_at": now if booked else None,
+            "send_count": 1 if booked else 0,
+            "next_send_at": booked_until,
+        }
         # One INSERT .. RETURNING for the batch, no ORM objects to track (a release of
         # thousands of chains is one statement per batch).
         try:
             with self.session.begin_nested():
-                ids = insert_many(self.session, OutboxRow, rows, returning="chain_id")
+                ids = insert_many(self.session, OutboxRow, rows, returning="chain_id", same=same)
         except IntegrityError as exc:
             raise DuplicateRecord("one of these chains already has its outcome") from exc
         # send_count: the sends before this one, as the relay reads it (booked or not)
@@ -149,7 +150,10 @@ class SqlOutbox:
             )
 
     def confirm(self, idempotency_key: str, now: datetime) -> bool:
-        ours = OutboxRow.idempotency_key == idempotency_key
+        # The key begins with its chain's id (``model.idempotency_key``): the row is found
+        # through chain_id's unique index; the key itself has none (migration 0012).
+        chain_id = idempotency_key.rpartition(":")[0]
+        ours = and_(OutboxRow.chain_id == chain_id, OutboxRow.idempotency_key == idempotency_key)
         self.session.execute(
             update(OutboxRow)
             .where(ours, OutboxRow.confirmed_at.is_(None))  # the first confirmation stays

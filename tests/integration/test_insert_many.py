@@ -87,6 +87,63 @@ def test_returning_maps_each_row_to_its_id(db_url: str) -> None:
     engine.dispose()
 
 
+SHARED = ("office", "detail", "recorded_at", "missing", "late_s")  # str, datetime, JSON, NULL
+
+
+def test_shared_values_are_stored_in_every_row(db_url: str) -> None:
+    """``same``: columns every row shares, sent once; each row comes back with them, as
+    if every row had carried them (the JSON list, the instant, a NULL among them)."""
+    engine = make_engine(db_url)
+    shared = {name: _history(3)[name] for name in SHARED}
+    rows = [{k: v for k, v in _history(i).items() if k not in shared} for i in range(1, 41)]
+    with Session(engine) as session, session.begin():
+        assert insert_many(session, HistoryRow, rows, same=shared) == {}
+    with Session(engine) as session:
+        stored = list(session.scalars(select(HistoryRow).order_by(HistoryRow.id)))
+    engine.dispose()
+    assert len(stored) == 40
+    for row, own in zip(stored, rows, strict=True):
+        assert {k: getattr(row, k) for k in own} == own
+        assert {k: getattr(row, k) for k in shared} == shared
+
+
+def test_shared_values_with_returning(db_url: str) -> None:
+    engine = make_engine(db_url)
+    rows = [
+        {"chain_id": f"s{i}", "idempotency_key": f"s{i}:resumed", "application": f"A-{i}",
+         "office": "O1", "outcome": "resumed", "missing": [], "decided_at": AT}
+        for i in range(30)
+    ]  # fmt: skip
+    same = {"created_at": AT, "sent_at": AT, "send_count": 1, "next_send_at": None}
+    with Session(engine) as session, session.begin():
+        ids = insert_many(session, OutboxRow, rows, returning="chain_id", same=same)
+    with Session(engine) as session:
+        stored = session.execute(
+            select(OutboxRow.chain_id, OutboxRow.id, OutboxRow.send_count, OutboxRow.sent_at)
+        ).all()
+    engine.dispose()
+    assert ids == {c: i for c, i, _, _ in stored} and len(ids) == 30
+    assert {(n, sent) for _, _, n, sent in stored} == {(1, AT)}
+
+
+def test_a_column_both_shared_and_per_row_is_refused(db_url: str) -> None:
+    engine = make_engine(db_url)
+    with Session(engine) as session, pytest.raises(ValueError, match="office"):
+        insert_many(session, HistoryRow, [_history(1)], same={"office": "O2"})
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_shared_value_too_long_is_refused_not_cut(postgres_server_url: str) -> None:
+    _reset_postgres(postgres_server_url)
+    upgrade(postgres_server_url)
+    engine = make_engine(postgres_server_url)
+    row = {k: v for k, v in _history(1).items() if k != "node"}
+    with Session(engine) as session, pytest.raises(DataError), session.begin():
+        insert_many(session, HistoryRow, [row], same={"node": "n" * 200})  # VARCHAR(128)
+    engine.dispose()
+
+
 def test_nothing_to_insert(db_url: str) -> None:
     engine = make_engine(db_url)
     with Session(engine) as session, session.begin():

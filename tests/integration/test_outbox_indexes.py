@@ -135,3 +135,25 @@ def test_states_move_between_the_indexes(db_url: str) -> None:
             assert outbox.count_given_up() == 10
     finally:
         engine.dispose()
+
+
+def test_a_confirmation_finds_its_row_through_the_chain_id(db_url: str) -> None:
+    """The idempotency key has no index of its own (migration 0012): ``confirm`` reaches
+    the row through the unique chain_id the key begins with, in both its statements."""
+    engine = make_engine(db_url)
+    try:
+        _seed(engine)
+        key = f"{7:032x}:{Outcome.AUTO_CORRECTED.value}"
+        with Session(engine) as session, captured(engine) as sent:
+            assert SqlOutbox(session).confirm(key, NOW)
+            session.rollback()
+        statements = [(sql, p) for sql, p in sent if not sql.startswith("BEGIN")]
+        assert len(statements) == 2, sent  # the UPDATE, then the count
+        for sql, parameters in statements:
+            explained = plan(engine, sql, parameters)
+            assert "chain_id" in explained or "outbox_chain_id_key" in explained, explained
+            assert "Seq Scan" not in explained and "SCAN outbox" not in explained.replace(
+                "SCAN outbox USING", ""
+            ), explained
+    finally:
+        engine.dispose()
