@@ -101,7 +101,8 @@ class Report:
 
 
 def sorted_kinds(kinds: frozenset[CertificateKind] | set[CertificateKind]) -> list[str]:
-    """Kinds in a stable order for storage and messages (a new list each call)."""
+    """Kinds in a stable order for storage and messages (a new list each call); a value
+    equal to no kind (a kind's own string is equal to it) raises ValueError."""
     return list(_in_order(frozenset(kinds)))
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Date,
     DateTime,
     Index,
@@ -111,14 +112,20 @@ class HistoryRow(Base):
     node: Mapped[str | None] = mapped_column(String(128))  # the worker that wrote the line
 
 
+# ``model.idempotency_key`` in SQL (both databases), the outbox's check (migration 0012)
+KEY_IS_THE_CHAINS = "idempotency_key = chain_id || ':' || outcome"
+
+
 class OutboxRow(Base):
     """An outcome waiting for the relay (DESIGN 5); one per chain, ever."""
 
     __tablename__ = "outbox"
+    # The key is found through chain_id (migration 0012): it must be the chain's own.
+    __table_args__ = (CheckConstraint(KEY_IS_THE_CHAINS, name="ck_outbox_idempotency_key"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     chain_id: Mapped[str] = mapped_column(String(32), unique=True)
-    # ``<chain_id>:<outcome>``: unique as chain_id is, found through it (migration 0012)
+    # ``<chain_id>:<outcome>`` (checked): unique as chain_id is, found through it
     idempotency_key: Mapped[str] = mapped_column(String(80))
     application: Mapped[str] = mapped_column(String(64))
     office: Mapped[str] = mapped_column(String(32))

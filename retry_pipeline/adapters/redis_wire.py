@@ -104,9 +104,9 @@ class RedisTaskWire:
         self._templates: dict[str, str] = {}
 
     def _template(self, name: str) -> str:
-        """The envelope of task ``name`` serialized once, as a ``%`` format whose gaps
-        take the per-message strings in ``SHAPE``'s order (the body's in quotes: Base64
-        needs no JSON escape; the others JSON strings already)."""
+        """The envelope of task ``name`` serialized once, as a ``%`` format with a named
+        gap (``%(id)s``) where each per-message string goes (the body's in quotes: Base64
+        needs no JSON escape; the others are JSON strings already)."""
         known = self._templates.get(name)
         if known is not None:
             return known
@@ -130,9 +130,10 @@ class RedisTaskWire:
         text = json_dumps(envelope)  # as kombu's Redis channel serializes it
         quoted = {as_json(m): i for i, m in enumerate(mark.values())}
         cut = re.split("(" + "|".join(map(re.escape, quoted)) + ")", text)
-        if tuple(quoted[q] for q in cut[1::2]) != self.SHAPE:  # a marker in the name or origin
+        found = [self.FIELDS[quoted[q]] for q in cut[1::2]]
+        if tuple(self.FIELDS.index(f) for f in found) != self.SHAPE:  # a marker in the name
             raise ValueError(f"the task name {name!r} cannot be written on the wire")
-        gaps = ['"%s"' if field == 0 else "%s" for field in self.SHAPE]
+        gaps = [f'"%({f})s"' if f == "body" else f"%({f})s" for f in found]
         pieces = [piece.replace("%", "%%") for piece in cut[0::2]]
         template = pieces[0] + "".join(g + p for g, p in zip(gaps, pieces[1:], strict=True))
         self._templates[name] = template
@@ -141,11 +142,10 @@ class RedisTaskWire:
     def encode(self, name: str, kwargs: dict[str, Any], task_id: str, tag: str) -> str:
         """One message as the Redis list holds it."""
         body = base64.b64encode(str_to_bytes(self._body(kwargs))).decode()  # kombu's codec
-        quoted_id = as_json(task_id)
-        return self._template(name) % (
-            body, quoted_id, quoted_id, as_json(repr(kwargs)[:KWARGSREPR_MAX]), quoted_id,
-            as_json(tag),
-        )  # fmt: skip
+        return self._template(name) % {
+            "body": body, "id": as_json(task_id), "tag": as_json(tag),
+            "kwargsrepr": as_json(repr(kwargs)[:KWARGSREPR_MAX]),
+        }  # fmt: skip
 
     def _body(self, kwargs: dict[str, Any]) -> str | bytes:
         """The serialized body ``((), kwargs, embed)``, as kombu's registry writes it."""

@@ -144,6 +144,21 @@ def test_a_shared_value_too_long_is_refused_not_cut(postgres_server_url: str) ->
     engine.dispose()
 
 
+@pytest.mark.parametrize("key", ["k1:auto_corrected", "k2:resumed", "k1", "k1:resumed "])
+def test_an_outcome_whose_key_is_not_its_chains_is_refused(db_url: str, key: str) -> None:
+    """The key has no index; ``confirm`` finds a row through the chain_id the key begins
+    with, so the outbox's check refuses any other key (migration 0012)."""
+    engine = make_engine(db_url)
+    row = {"chain_id": "k1", "idempotency_key": key, "application": "A-1", "office": "O1",
+           "outcome": "resumed", "missing": [], "decided_at": AT, "created_at": AT,
+           "sent_at": None, "send_count": 0}  # fmt: skip
+    with Session(engine) as session, pytest.raises(IntegrityError), session.begin():
+        insert_many(session, OutboxRow, [row], returning="chain_id")
+    with Session(engine) as session, session.begin():
+        assert insert_many(session, OutboxRow, [{**row, "idempotency_key": "k1:resumed"}]) == {}
+    engine.dispose()
+
+
 def test_nothing_to_insert(db_url: str) -> None:
     engine = make_engine(db_url)
     with Session(engine) as session, session.begin():

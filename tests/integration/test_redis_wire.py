@@ -126,6 +126,22 @@ def test_the_wire_writes_kombus_bytes_to_kombus_list(
     assert len({json.loads(e)["properties"]["delivery_tag"] for e in wire} | set(ids)) == 10
 
 
+def test_percent_signs_anywhere_are_written_as_kombu_writes_them(
+    private_redis: PrivateRedis,
+) -> None:
+    """The wire's envelope is a ``%`` format: a ``%`` in the queue's name, a task's name
+    or the arguments is text, never a gap."""
+    w = Wire(private_redis.url)
+    w.queue += "-100%-%s-%(x)s"
+    percent = {"application": "A-%s", "office": "%(office)s", "missing": ["100%", "%%"]}
+    messages = [(NAME + ".100%", percent), ("exam.%s%(x)s%%", KWARGS[0]), (NAME, percent)]
+    _, kombu = w.by_kombu(messages)
+    w.push(messages)
+    _, wire = w.raw()
+    assert len(wire) == len(messages)
+    assert [_named(e) for e in wire] == [_named(e) for e in kombu]
+
+
 def test_a_json_serializer_registered_anew_is_the_one_the_wire_uses(
     private_redis: PrivateRedis,
 ) -> None:

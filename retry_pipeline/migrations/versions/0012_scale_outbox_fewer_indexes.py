@@ -5,7 +5,8 @@ outcomes by office through ``ix_outbox_unconfirmed``), and the unique constraint
 ``idempotency_key``. The key is ``<chain_id>:<outcome>`` (``model.idempotency_key``)
 and ``chain_id`` is unique, so two rows never share a key; a confirmation finds its
 row through the ``chain_id`` the key begins with (``SqlOutbox.confirm``). Each of the
-08:30 release's outcomes wrote both into random places of their B-trees.
+08:30 release's outcomes wrote both into random places of their B-trees. A check
+takes the constraint's place: a row's key is its chain's own (no index needed).
 
 Revision ID: scale_outbox_fewer_indexes
 Revises: scale_outbox_partial_indexes
@@ -31,16 +32,20 @@ SQLITE_NAME = "uq_outbox_idempotency_key"
 # would lose 0011's re-send index: it is dropped before the copy and made again after.
 RESEND = "ix_outbox_resend"
 RESEND_WHERE = "confirmed_at IS NULL AND gave_up_at IS NULL AND sent_at IS NOT NULL"
+CHECK = "ck_outbox_idempotency_key"
+KEY_IS_THE_CHAINS = "idempotency_key = chain_id || ':' || outcome"
 
 
 def upgrade() -> None:
     op.drop_index("ix_outbox_application", table_name="outbox")
     if op.get_bind().dialect.name != "sqlite":
         op.drop_constraint(POSTGRES_NAME, "outbox", type_="unique")
+        op.create_check_constraint(CHECK, "outbox", KEY_IS_THE_CHAINS)
         return
     op.drop_index(RESEND, table_name="outbox")
     with op.batch_alter_table("outbox", naming_convention=SQLITE_CONVENTION) as batch:
         batch.drop_constraint(SQLITE_NAME, type_="unique")
+        batch.create_check_constraint(CHECK, KEY_IS_THE_CHAINS)
     _create_resend_index()
 
 
@@ -48,9 +53,11 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         op.drop_index(RESEND, table_name="outbox")
         with op.batch_alter_table("outbox") as batch:  # named now: dropped by name again
+            batch.drop_constraint(CHECK, type_="check")
             batch.create_unique_constraint(SQLITE_NAME, ["idempotency_key"])
         _create_resend_index()
     else:
+        op.drop_constraint(CHECK, "outbox", type_="check")
         op.create_unique_constraint(POSTGRES_NAME, "outbox", ["idempotency_key"])
     op.create_index("ix_outbox_application", "outbox", ["application"], unique=False)
 
