@@ -36,7 +36,9 @@ _TIME_SCALE = click.option(
     help="Simulated seconds per real second.",
 )
 _BROKER_URL = click.option(
-    "--broker-url", default=None, help="Redis URL (default: local, else a private one)."
+    "--broker-url",
+    default=None,
+    help="Redis or RabbitMQ (amqp://) URL (default: the local Redis, else a private one).",
 )
 _DATABASE = click.option(
     "--database",
@@ -58,7 +60,7 @@ _DATABASE = click.option(
     default=13,
     show_default=True,
     type=click.IntRange(0, 15),
-    help="Redis database of the simulation on a shared server (flushed).",
+    help="Redis database of the simulation on a shared server (flushed); not for RabbitMQ.",
 )
 @click.option(
     "--workdir",
@@ -89,13 +91,14 @@ def simulate(
     fault_seed: int,
     database: str,
 ) -> None:
-    """Run a scenario through the real worker, beat and Redis; print one JSON report."""
+    """Run a scenario through the real worker, beat and broker; print one JSON report."""
     from pathlib import Path
 
     require_simulation()
     from simulation.databases import backend_of
     from simulation.faults import parse_faults, refuse_unsupported
     from simulation.harness import Options, SimulationError, run_simulation
+    from simulation.processes import refuse_amqp_faults
     from simulation.scenario import ScenarioError, load_scenario
 
     try:
@@ -103,6 +106,7 @@ def simulate(
         check_scenario_dates(scenario)
         fault_names = parse_faults(faults)
         refuse_unsupported(fault_names, backend_of(database))
+        refuse_amqp_faults(fault_names, broker_url)
     except (ScenarioError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     options = Options(

@@ -1,6 +1,6 @@
 """``retry-pipeline simulate``: a scenario through the real pipeline on a scaled clock.
 
-Reports go as Celery messages through Redis to a real worker; a real beat ticks
+Reports go as Celery messages through Redis or RabbitMQ to a real worker; a real beat ticks
 on the grid of a clock ``time_scale`` times faster than real time that jumps over
 idle nights; certificates are written into the Kei-MOTAS tables at their times;
 a stand-in examination side receives outcomes over Celery. Attempts judge
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from amqp.exceptions import AMQPError
 from sqlalchemy.orm import Session
 
 from retry_pipeline.adapters.db import make_engine
@@ -43,6 +44,7 @@ from simulation.processes import (
     SimulationError,
     choose_broker,
     queue_empty,
+    refuse_amqp_faults,
     reports_in_broker,
     wait_ready,
 )
@@ -73,7 +75,8 @@ class Options:
     """How a simulation runs."""
 
     time_scale: float = 600.0
-    broker_url: str | None = None  # a Redis URL; default: the local one, else a private one
+    # a Redis or RabbitMQ (amqp://) URL; default: the local Redis, else a private one
+    broker_url: str | None = None
     redis_db: int = 13  # database on a shared Redis; each run has its own queue names
     concurrency: int = 2
     timeout_s: float = 900.0
@@ -102,6 +105,7 @@ def run_simulation(
     say = progress or (lambda _msg: None)
     try:
         refuse_unsupported(options.faults, backend_of(options.database))
+        refuse_amqp_faults(options.faults, options.broker_url)
     except ValueError as exc:
         raise SimulationError(str(exc)) from None
     reports = scenario.report_messages()
@@ -126,7 +130,6 @@ def run_simulation(
     broker_url, private = choose_broker(options.broker_url, options.redis_db, bool(options.faults))
     shown = mask_url(broker_url)
     say(f"broker {shown}{' (private redis-server)' if private else ''}; workdir {workdir}")
-    broker = redis.Redis.from_url(broker_url)
     run: Run | None = None
     engine = None
     injector: Injector | None = None
@@ -227,10 +230,9 @@ def run_simulation(
         if run is not None:
             run.stop_all()
             private = run.private
-        with contextlib.suppress(redis.RedisError):
-            if run is not None:
-                broker.delete(run.queue, run.examination_queue)
-        broker.close()
+            run.close_broker()
+            with contextlib.suppress(redis.RedisError, AMQPError, OSError):
+                run.forget_queues()
         if private is not None:
             private.stop()
         if injector is not None:

@@ -1,4 +1,9 @@
-"""The processes of a simulation: worker and beat under a small supervisor, and the broker."""
+"""The processes of a simulation: worker and beat under a small supervisor, and the broker.
+
+The broker is Redis (the local one, else a private redis-server; fault runs always a
+private one) or RabbitMQ (an ``amqp://`` URL, as given: its queues are durable, so the
+broker faults that make a Redis forget do not apply to it).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from amqp.exceptions import ChannelError
 from celery import Celery
 
 from retry_pipeline import names
@@ -27,6 +33,7 @@ from retry_pipeline.errors import RetryPipelineError
 from simulation.redis_server import PrivateRedis, answers, start_private_redis
 
 MAX_RESTARTS = 30
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 EXAMINATION = "examination"  # the process of the stand-in examination side
 
 Progress = Callable[[str], None]
@@ -53,6 +60,41 @@ class Run:
     restarts: dict[str, int] = field(default_factory=dict)
     reports_sent: int = 0
     sender: DurableSender | None = None  # the examination side's (DESIGN 11)
+    amqp: Any = field(default=None, repr=False)  # RabbitMQ: a kombu connection, kept open
+
+    def ready_in(self, queue: str) -> int:
+        """RabbitMQ: messages ``queue`` holds that no consumer has taken (a passive
+        declare, on one connection kept for the run: the harness asks every loop). A
+        queue not declared yet (the worker declares it) holds none."""
+        if self.amqp is None:
+            self.amqp = client_app(self.broker_url).connection_for_write()
+        try:
+            declared = self.amqp.default_channel.queue_declare(queue, passive=True)
+        except ChannelError:  # 404: the server closed the channel, so start again
+            self.close_broker()
+            return 0
+        return int(declared.message_count)
+
+    def forget_queues(self) -> None:
+        """Delete the run's queues from the broker (they are the run's alone)."""
+        queues = (self.queue, self.examination_queue)
+        if is_amqp(self.broker_url):
+            with client_app(self.broker_url).connection_for_write() as conn:
+                for queue in queues:
+                    with contextlib.suppress(ChannelError):
+                        conn.channel().queue_delete(queue)
+            return
+        client = redis.Redis.from_url(self.broker_url)
+        try:
+            client.delete(*queues)
+        finally:
+            client.close()
+
+    def close_broker(self) -> None:
+        if self.amqp is not None:
+            with contextlib.suppress(Exception):
+                self.amqp.release()
+            self.amqp = None
 
     def send_report(self, body: dict[str, Any], sent_at: datetime | None = None) -> None:
         """Send a report the way the examination worker does, and count it."""
@@ -79,7 +121,7 @@ class Run:
 
     @property
     def queue(self) -> str:
-        """This run's own queue: runs sharing a Redis database never meet."""
+        """This run's own queue: runs sharing a Redis database or a RabbitMQ never meet."""
         return f"sim-{self.run_id}-retry_pipeline"
 
     @property
@@ -179,11 +221,33 @@ def die_with_parent() -> None:
         pass
 
 
+def is_amqp(url: str) -> bool:
+    """True for a RabbitMQ (AMQP) broker URL."""
+    return urlsplit(url).scheme in AMQP_SCHEMES
+
+
+def given_broker(broker_url: str | None) -> str:
+    """The broker URL a run was given: the option, else the environment's, else local."""
+    return broker_url or os.environ.get(f"{PREFIX}BROKER_URL") or names.DEFAULT_BROKER_URL
+
+
+def refuse_amqp_faults(faults: Sequence[str], broker_url: str | None) -> None:
+    """Refuse faults on RabbitMQ (ValueError, one line): they restart and flush Redis."""
+    if faults and is_amqp(given_broker(broker_url)):
+        raise ValueError(
+            "faults run on a private Redis (they restart and flush it): "
+            "leave out the amqp:// broker URL"
+        )
+
+
 def choose_broker(
     broker_url: str | None, redis_db: int, private_only: bool
 ) -> tuple[str, PrivateRedis | None]:
-    """The Redis to use: the given or local one on ``redis_db``, else a private server."""
-    base = broker_url or os.environ.get(f"{PREFIX}BROKER_URL") or names.DEFAULT_BROKER_URL
+    """The broker to use: a RabbitMQ URL as given; else the given or local Redis on
+    ``redis_db``, or a private redis-server (``private_only``: always, for fault runs)."""
+    base = given_broker(broker_url)
+    if is_amqp(base):
+        return base, None
     if answers(base) and not private_only:
         return urlunsplit(urlsplit(base)._replace(path=f"/{redis_db}")), None
     private = start_private_redis()
@@ -222,6 +286,8 @@ def client_app(broker_url: str) -> Celery:
 
 def queue_length(run: Run) -> int:
     """Messages waiting in the run's queue."""
+    if is_amqp(run.broker_url):
+        return run.ready_in(run.queue)
     client = redis.Redis.from_url(run.broker_url)
     try:
         return int(client.llen(run.queue))
@@ -239,7 +305,14 @@ REPORT_TASKS = (names.REPORT_MISSING, names.REPORT_MISSING_BATCH)
 def reports_in_broker(run: Run) -> int:
     """Report messages the broker still holds for the run: waiting in its queue, or
     delivered to a worker and not acked yet (kombu's ``unacked`` hash, where a report
-    stays until its batch commits). What is in neither was handled or is lost."""
+    stays until its batch commits). What is in neither was handled or is lost.
+
+    RabbitMQ shows no message without taking it, and keeps what it delivered until it is
+    acknowledged: every message still waiting counts. A report a worker holds unacked
+    has no receipt yet, which the caller checks first; one a fault could lose does not
+    arise, as no faults run on RabbitMQ (its queues are durable)."""
+    if is_amqp(run.broker_url):
+        return run.ready_in(run.queue)
     client = redis.Redis.from_url(run.broker_url)
     try:
         waiting = [json.loads(raw) for raw in client.lrange(run.queue, 0, -1)]

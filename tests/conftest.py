@@ -21,6 +21,7 @@ from retry_pipeline.adapters.orm import create_registry_standin
 from retry_pipeline.adapters.store import RetryStore
 from retry_pipeline.calendar import BusinessCalendar
 from retry_pipeline.config import Settings
+from retry_pipeline.redact import mask_url
 from simulation.redis_server import PrivateRedis
 from tests.support import private_redis_server
 
@@ -108,3 +109,44 @@ def store(db_url: str) -> Iterator[RetryStore]:
 def private_redis() -> Iterator[PrivateRedis]:
     """A redis-server private to this test session; the shared one is never touched."""
     yield from private_redis_server()
+
+
+RABBITMQ_ADMIN = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """A RabbitMQ virtual host private to this test session (``rabbitmqctl``), deleted after.
+
+    Without rabbitmqctl, the server's default virtual host with this session's own
+    queue names. Skips locally (fails under CI) when no RabbitMQ answers.
+    """
+    import shutil
+    import subprocess
+    import uuid
+
+    from kombu import Connection
+
+    try:
+        with Connection(RABBITMQ_ADMIN, connect_timeout=2) as conn:
+            conn.connect()
+    except Exception as exc:  # any connection failure means "no server"
+        _missing_service(f"RabbitMQ at {mask_url(RABBITMQ_ADMIN)} ({type(exc).__name__})")
+    ctl = shutil.which("rabbitmqctl")
+    vhost = f"rp_test_{uuid.uuid4().hex[:10]}"
+    made = False
+    if ctl is not None:
+        made = (
+            subprocess.run([ctl, "add_vhost", vhost], capture_output=True, timeout=60).returncode
+            == 0
+        )
+        if made:
+            subprocess.run(
+                [ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+                capture_output=True, timeout=60, check=True,
+            )  # fmt: skip
+    try:
+        yield RABBITMQ_ADMIN.rstrip("/") + "/" + vhost if made else RABBITMQ_ADMIN
+    finally:
+        if made and ctl is not None:
+            subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60)

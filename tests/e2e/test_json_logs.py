@@ -63,12 +63,12 @@ def _records_once(started: Started, found: Callable[[Record], bool]) -> list[Rec
     return wait_for(probe, DEADLINE_S, "a matching log line", started, interval_s=0.2)
 
 
-def test_worker_and_beat_log_json_lines(tmp_path: Path, broker_url: str) -> None:
+def test_worker_and_beat_log_json_lines(tmp_path: Path, any_broker: str) -> None:
     db_url = f"sqlite:///{tmp_path / 'logs.sqlite3'}"
     upgrade(db_url)
     queue = f"rp-logs-{os.getpid()}"
     env = pipeline_env(
-        pythonpath=False, database_url=db_url, broker_url=broker_url, queue=queue, log_format="json"
+        pythonpath=False, database_url=db_url, broker_url=any_broker, queue=queue, log_format="json"
     )
     worker_log, beat_log = tmp_path / "worker.log", tmp_path / "beat.log"
     worker_args = celery_worker_args(queue, f"logs-{os.getpid()}@%h", concurrency=1)
@@ -77,7 +77,7 @@ def test_worker_and_beat_log_json_lines(tmp_path: Path, broker_url: str) -> None
     beat = start_process(celery_command("--quiet", *beat_args), env, beat_log, cwd=tmp_path)
     try:
         bad = {"application": "LOG-APP-1", "office": "KEI-OSAKA", "procedure": "continuous"}
-        report_missing(bad, broker_url=broker_url, queue=queue)
+        report_missing(bad, broker_url=any_broker, queue=queue)
         records = _records_once(
             worker, lambda r: r.get("application") == "LOG-APP-1" and "dead letter" in r["message"]
         )

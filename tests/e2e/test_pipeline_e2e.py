@@ -503,7 +503,7 @@ def cli_path() -> str:
 
 @pytest.fixture(scope="module")
 def cli_run(
-    broker_url: str, tmp_path_factory: pytest.TempPathFactory
+    any_broker: str, tmp_path_factory: pytest.TempPathFactory
 ) -> subprocess.CompletedProcess[str]:
     """``retry-pipeline simulate`` on the small scenario, as a user runs it."""
     workdir = tmp_path_factory.mktemp("e2e-cli")
@@ -516,7 +516,7 @@ def cli_run(
             "simulate",
             str(scenario_file),
             "--broker-url",
-            broker_url,
+            any_broker,
             "--workdir",
             str(workdir / "run"),
             "--timeout",

@@ -62,7 +62,7 @@ EXPECTED = {
 }
 
 
-def test_simulate_r3_scenario_file(broker_url: str, tmp_path: Path) -> None:
+def test_simulate_r3_scenario_file(any_broker: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETRY_PIPELINE_")}
     run = subprocess.run(
         [
@@ -70,7 +70,7 @@ def test_simulate_r3_scenario_file(broker_url: str, tmp_path: Path) -> None:
             "simulate",
             str(SCENARIO),
             "--broker-url",
-            broker_url,
+            any_broker,
             "--workdir",
             str(tmp_path / "run"),
             "--timeout",
