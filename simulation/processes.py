@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from amqp.exceptions import ChannelError
+from amqp.exceptions import ChannelError, NotFound
 from celery import Celery
 
 from retry_pipeline import names
@@ -70,19 +70,21 @@ class Run:
             self.amqp = client_app(self.broker_url).connection_for_write()
         try:
             declared = self.amqp.default_channel.queue_declare(queue, passive=True)
-        except ChannelError:  # 404: the server closed the channel, so start again
+        except NotFound:  # not declared yet; the server closed the channel: start again
             self.close_broker()
             return 0
         return int(declared.message_count)
 
     def forget_queues(self) -> None:
-        """Delete the run's queues from the broker (they are the run's alone)."""
+        """Delete the run's queues from the broker (they are the run's alone); on
+        RabbitMQ their exchanges of the same names too (celeryconfig declares them)."""
         queues = (self.queue, self.examination_queue)
         if is_amqp(self.broker_url):
             with client_app(self.broker_url).connection_for_write() as conn:
-                for queue in queues:
-                    with contextlib.suppress(ChannelError):
-                        conn.channel().queue_delete(queue)
+                for name in queues:
+                    for delete in ("queue_delete", "exchange_delete"):
+                        with contextlib.suppress(ChannelError):  # absent: nothing to do
+                            getattr(conn.channel(), delete)(name)
             return
         client = redis.Redis.from_url(self.broker_url)
         try:
@@ -307,10 +309,9 @@ def reports_in_broker(run: Run) -> int:
     delivered to a worker and not acked yet (kombu's ``unacked`` hash, where a report
     stays until its batch commits). What is in neither was handled or is lost.
 
-    RabbitMQ shows no message without taking it, and keeps what it delivered until it is
-    acknowledged: every message still waiting counts. A report a worker holds unacked
-    has no receipt yet, which the caller checks first; one a fault could lose does not
-    arise, as no faults run on RabbitMQ (its queues are durable)."""
+    RabbitMQ shows no message without taking it: only the messages still waiting count,
+    not what a worker holds unacknowledged. It loses none here (no faults run on it), so
+    the harness never takes a send there for lost (``LostSends``)."""
     if is_amqp(run.broker_url):
         return run.ready_in(run.queue)
     client = redis.Redis.from_url(run.broker_url)

@@ -8,6 +8,7 @@ starts. These run against the session's own RabbitMQ virtual host.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from kombu import Connection, Consumer, Queue
 
 from retry_pipeline.cli import main
 from retry_pipeline.client import report_missing
+from simulation import harness
+from simulation.harness import LostSends
 from simulation.processes import (
     Run,
     choose_broker,
@@ -56,24 +59,33 @@ def _send(run: Run) -> None:
     report_missing(BODY, app=client_app(run.broker_url), queue=run.queue)
 
 
+def _counted(run: Run, want: int) -> int:
+    """``queue_length`` once it shows ``want``: a publish without confirms reaches the
+    queue's count a moment after ``send`` returns (it fails after 5 s)."""
+    deadline = time.monotonic() + 5
+    while (got := queue_length(run)) != want and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return got
+
+
 def test_a_queue_not_declared_yet_holds_nothing_and_the_probe_recovers(run: Run) -> None:
     assert queue_length(run) == 0  # a 404 closes the channel: the probe starts again
     assert queue_length(run) == 0
     _send(run)
-    assert queue_length(run) == 1
+    assert _counted(run, 1) == 1
 
 
 def test_waiting_messages_are_counted_on_one_kept_connection(run: Run) -> None:
     _send(run)
     _send(run)
-    assert reports_in_broker(run) == 2
+    assert _counted(run, 2) == reports_in_broker(run) == 2
     kept = run.amqp
     assert kept is not None
     client_app(run.broker_url).send_task(
         "retry_pipeline.attempt_slot", kwargs={"slot": "2026-11-27T09:20:00+09:00"}, queue=run.queue
     )
     # RabbitMQ shows no message without taking it: any waiting message counts
-    assert queue_length(run) == reports_in_broker(run) == 3
+    assert _counted(run, 3) == reports_in_broker(run) == 3
     assert run.amqp is kept
 
 
@@ -88,16 +100,43 @@ def test_a_delivered_message_is_off_the_count_until_it_comes_back(run: Run) -> N
             assert len(got) == 1
             assert queue_length(run) == 0
             got[0].reject(requeue=True)  # type: ignore[attr-defined]
-    assert queue_length(run) == 1
+    assert _counted(run, 1) == 1
 
 
-def test_forget_queues_deletes_the_runs_queues(run: Run, rabbitmq_url: str) -> None:
+def test_a_duplicate_a_worker_holds_is_never_taken_for_lost(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-sent report whose first send has its receipt, taken by a worker and not yet
+    acknowledged: RabbitMQ shows it nowhere, but it loses nothing here, so the run
+    waits for it instead of forgetting it (and jumping the clock past it)."""
+    monkeypatch.setattr(harness, "GONE_AFTER_S", 0.0)
+    run.reports_sent = 1  # the duplicate the harness counted
+    said: list[str] = []
+    gone = LostSends(run, said.append, lambda: 0)
     _send(run)
-    assert queue_length(run) == 1
+    got: list[object] = []
+    with Connection(run.broker_url) as conn:
+        queue = Queue(run.queue, routing_key=run.queue)
+        with Consumer(conn, [queue], callbacks=[lambda _b, m: got.append(m)], accept=["json"]):
+            conn.drain_events(timeout=5)
+            assert reports_in_broker(run) == 0  # held unacked: not visible
+            assert not gone.all_handled(processed=0)
+            assert not gone.all_handled(processed=0)
+            assert run.reports_sent == 1 and said == []
+            got[0].ack()  # type: ignore[attr-defined]
+    assert gone.all_handled(processed=1)  # handled: the run goes on
+
+
+def test_forget_queues_deletes_the_runs_queues_and_exchanges(run: Run, rabbitmq_url: str) -> None:
+    _send(run)
+    assert _counted(run, 1) == 1
     run.close_broker()
     run.forget_queues()
+    for name in (run.queue, run.examination_queue):
+        with Connection(rabbitmq_url) as conn, pytest.raises(ChannelError, match="NOT_FOUND"):
+            conn.default_channel.queue_declare(name, passive=True)
     with Connection(rabbitmq_url) as conn, pytest.raises(ChannelError, match="NOT_FOUND"):
-        conn.default_channel.queue_declare(run.queue, passive=True)
+        conn.default_channel.exchange_declare(run.queue, "direct", passive=True)
     assert queue_length(run) == 0
 
 
