@@ -16,10 +16,13 @@ A test's subprocesses (a Celery worker, beat, Flower, the console) go through th
 ``pipeline_env``, ``celery_command`` and ``celery_worker_args`` build the environment
 and command line of a pipeline process; ``start_celery_worker`` starts a worker (and
 can wait for its `` ready.`` line); ``launch_worker`` is the worker most tests want.
+``one_message_held(broker_url, queue)`` takes one message off a queue as a worker does
+and holds it unacknowledged for the block.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,7 +32,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -45,6 +48,22 @@ STOP_TIMEOUT_S = 15.0
 POLL_S = 0.1
 READY_LINE = " ready."  # what a Celery worker logs once it consumes
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def one_message_held(broker_url: str, queue: str) -> Iterator[tuple[Any, Any]]:
+    """Take one message off ``queue`` as a worker does (kombu, on Redis or RabbitMQ) and
+    hold it unacknowledged inside the block, which acks or rejects it; yields the kombu
+    connection and the message."""
+    from kombu import Connection, Consumer, Queue
+
+    got: list[Any] = []
+    with Connection(broker_url) as conn:
+        bound = Queue(queue, routing_key=queue)
+        with Consumer(conn, [bound], callbacks=[lambda _b, m: got.append(m)], accept=["json"]):
+            conn.drain_events(timeout=5)
+            assert len(got) == 1
+            yield conn, got[0]
 
 
 def private_redis_server() -> Iterator[PrivateRedis]:

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from kombu import Connection, Consumer, Queue
 
 from retry_pipeline.client import DurableSender, report_missing
 from simulation import harness
 from simulation.harness import LostSends
 from simulation.processes import Run, client_app, reports_in_broker
 from simulation.redis_server import PrivateRedis
+from tests.support import one_message_held
 
 BODY = {
     "application": "L-1", "office": "O1", "procedure": "continuous", "vehicle": "VL1",
@@ -58,16 +57,11 @@ def test_a_delivered_unacked_report_is_still_in_the_broker(
     """A worker holds it (its micro-batch has not committed): it is not lost."""
     run = _run(tmp_path, private_redis)
     _send(run)
-    got: list[Any] = []
-    with Connection(run.broker_url) as conn:
-        queue = Queue(run.queue, routing_key=run.queue)
-        with Consumer(conn, [queue], callbacks=[lambda _b, m: got.append(m)], accept=["json"]):
-            conn.drain_events(timeout=5)
-            assert len(got) == 1
-            assert conn.default_channel.client.llen(run.queue) == 0  # off the list
-            assert reports_in_broker(run) == 1  # in kombu's unacked hash
-            got[0].ack()
-        assert reports_in_broker(run) == 0
+    with one_message_held(run.broker_url, run.queue) as (conn, message):
+        assert conn.default_channel.client.llen(run.queue) == 0  # off the list
+        assert reports_in_broker(run) == 1  # in kombu's unacked hash
+        message.ack()
+    assert reports_in_broker(run) == 0
 
 
 def test_a_slot_message_is_not_a_report(tmp_path: Path, private_redis: PrivateRedis) -> None:

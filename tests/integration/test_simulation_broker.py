@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from amqp.exceptions import ChannelError
 from click.testing import CliRunner
-from kombu import Connection, Consumer, Queue
+from kombu import Connection
 
 from retry_pipeline.cli import main
 from retry_pipeline.client import report_missing
@@ -30,6 +30,7 @@ from simulation.processes import (
     refuse_amqp_faults,
     reports_in_broker,
 )
+from tests.support import one_message_held
 
 BODY = {
     "application": "Q-1", "office": "O1", "procedure": "continuous", "vehicle": "VQ1",
@@ -92,14 +93,9 @@ def test_waiting_messages_are_counted_on_one_kept_connection(run: Run) -> None:
 def test_a_delivered_message_is_off_the_count_until_it_comes_back(run: Run) -> None:
     """A consumer holds it unacknowledged; rejected, it waits again (nothing lost)."""
     _send(run)
-    got: list[object] = []
-    with Connection(run.broker_url) as conn:
-        queue = Queue(run.queue, routing_key=run.queue)
-        with Consumer(conn, [queue], callbacks=[lambda _b, m: got.append(m)], accept=["json"]):
-            conn.drain_events(timeout=5)
-            assert len(got) == 1
-            assert queue_length(run) == 0
-            got[0].reject(requeue=True)  # type: ignore[attr-defined]
+    with one_message_held(run.broker_url, run.queue) as (_conn, message):
+        assert queue_length(run) == 0
+        message.reject(requeue=True)
     assert _counted(run, 1) == 1
 
 
@@ -114,16 +110,12 @@ def test_a_duplicate_a_worker_holds_is_never_taken_for_lost(
     said: list[str] = []
     gone = LostSends(run, said.append, lambda: 0)
     _send(run)
-    got: list[object] = []
-    with Connection(run.broker_url) as conn:
-        queue = Queue(run.queue, routing_key=run.queue)
-        with Consumer(conn, [queue], callbacks=[lambda _b, m: got.append(m)], accept=["json"]):
-            conn.drain_events(timeout=5)
-            assert reports_in_broker(run) == 0  # held unacked: not visible
-            assert not gone.all_handled(processed=0)
-            assert not gone.all_handled(processed=0)
-            assert run.reports_sent == 1 and said == []
-            got[0].ack()  # type: ignore[attr-defined]
+    with one_message_held(run.broker_url, run.queue) as (_conn, message):
+        assert reports_in_broker(run) == 0  # held unacked: not visible
+        assert not gone.all_handled(processed=0)
+        assert not gone.all_handled(processed=0)
+        assert run.reports_sent == 1 and said == []
+        message.ack()
     assert gone.all_handled(processed=1)  # handled: the run goes on
 
 
